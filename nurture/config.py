@@ -1,0 +1,204 @@
+"""Settings from ``NURTURE_*`` environment variables, checked once at start.
+
+``Settings.from_env()`` is the only reader of the environment; everything else
+receives a ``Settings``. Defaults are safe for development (a SQLite file in the
+current folder, the local Redis, an SMTP catcher on port 1025). Outside
+``NURTURE_ENV=dev`` a default or short secret key is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from datetime import time as clock_time
+from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+from .clock import Clock, parse_instant
+from .errors import ConfigError
+
+DEV_SECRET_KEY = "dev-secret-key-change-me"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where and how to hand mail over: parsed from ``NURTURE_SMTP_URL``.
+
+    ``smtp://user:pass@host:587?starttls=true`` upgrades with STARTTLS,
+    ``smtps://host:465`` uses implicit TLS, plain ``smtp://host:25`` neither.
+    ``?timeout=SECONDS`` sets the socket timeout (default 30).
+    """
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    implicit_tls: bool = False
+    starttls: bool = False
+    timeout: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str) -> "SmtpSettings":
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ConfigError(f"NURTURE_SMTP_URL: scheme must be smtp:// or smtps://, got {url!r}")
+        if not parts.hostname:
+            raise ConfigError(f"NURTURE_SMTP_URL: no host in {url!r}")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"starttls", "timeout"}
+        if unknown:
+            raise ConfigError(f"NURTURE_SMTP_URL: unknown option(s) {', '.join(sorted(unknown))} (known: starttls, timeout)")
+        starttls = query.get("starttls", "false").lower() in ("1", "true", "yes")
+        try:
+            timeout = float(query.get("timeout", "30"))
+            port = parts.port or (465 if parts.scheme == "smtps" else 25)
+        except ValueError as exc:
+            raise ConfigError(f"NURTURE_SMTP_URL: {exc}") from None
+        if parts.scheme == "smtps" and starttls:
+            raise ConfigError("NURTURE_SMTP_URL: smtps:// is already TLS; drop ?starttls")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=parts.scheme == "smtps",
+            starttls=starttls,
+            timeout=timeout,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the environment variable named on each field."""
+
+    env: str = "dev"  # NURTURE_ENV: dev | production
+    database_url: str = "sqlite:///nurture.db"  # NURTURE_DATABASE_URL
+    redis_url: str = "redis://127.0.0.1:6379/0"  # NURTURE_REDIS_URL
+    smtp: SmtpSettings = field(default_factory=lambda: SmtpSettings("127.0.0.1", 1025))  # NURTURE_SMTP_URL
+    from_address: str = "nurture@example.com"  # NURTURE_FROM ("Name <addr>" or addr)
+    from_name: str = "nurture"
+    base_url: str = "http://127.0.0.1:5000"  # NURTURE_BASE_URL
+    secret_key: str = DEV_SECRET_KEY  # NURTURE_SECRET_KEY
+    postal_address: str = "nurture demo, 1 Example Street, Springfield"  # NURTURE_POSTAL_ADDRESS
+    default_timezone: str = "UTC"  # NURTURE_DEFAULT_TIMEZONE: when neither lead nor sequence has one
+    default_language: str = "en"  # NURTURE_DEFAULT_LANGUAGE
+    queue_name: str = "nurture-send"  # NURTURE_QUEUE
+    send_batch_size: int = 200  # NURTURE_SEND_BATCH: messages per RQ job
+    claim_batch_size: int = 1000  # NURTURE_CLAIM_BATCH: enrollments claimed per round
+    lease_seconds: int = 600  # NURTURE_LEASE_SECONDS: how long queued work belongs to one worker
+    max_attempts: int = 5  # NURTURE_MAX_ATTEMPTS: SMTP 4xx retries before giving up
+    campaigns_dir: str = "campaigns"  # NURTURE_CAMPAIGNS_DIR
+    templates_dir: str = "templates/email"  # NURTURE_TEMPLATES_DIR
+    catcher_dir: str | None = None  # NURTURE_CATCHER_DIR: the demo's caught mail, shown at /caught
+    clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env == "dev"
+
+    @property
+    def mail_domain(self) -> str:
+        return self.from_address.rpartition("@")[2]
+
+    def with_now(self, now: str | None) -> "Settings":
+        """A copy whose clock is fixed at ``now`` (an ISO-8601 text), or self."""
+        if not now:
+            return self
+        return replace(self, clock=Clock.fixed(parse_instant(now, "--now")))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if environ is None else environ)
+        get = env.get
+        kwargs: dict = {}
+        simple = {
+            "NURTURE_ENV": "env",
+            "NURTURE_DATABASE_URL": "database_url",
+            "NURTURE_REDIS_URL": "redis_url",
+            "NURTURE_BASE_URL": "base_url",
+            "NURTURE_SECRET_KEY": "secret_key",
+            "NURTURE_POSTAL_ADDRESS": "postal_address",
+            "NURTURE_DEFAULT_TIMEZONE": "default_timezone",
+            "NURTURE_DEFAULT_LANGUAGE": "default_language",
+            "NURTURE_QUEUE": "queue_name",
+            "NURTURE_CAMPAIGNS_DIR": "campaigns_dir",
+            "NURTURE_TEMPLATES_DIR": "templates_dir",
+            "NURTURE_CATCHER_DIR": "catcher_dir",
+        }
+        for var, name in simple.items():
+            if get(var):
+                kwargs[name] = get(var)
+        numbers = {
+            "NURTURE_SEND_BATCH": "send_batch_size",
+            "NURTURE_CLAIM_BATCH": "claim_batch_size",
+            "NURTURE_LEASE_SECONDS": "lease_seconds",
+            "NURTURE_MAX_ATTEMPTS": "max_attempts",
+        }
+        for var, name in numbers.items():
+            if get(var):
+                try:
+                    kwargs[name] = int(get(var))
+                except ValueError:
+                    raise ConfigError(f"{var}: {get(var)!r} is not a whole number") from None
+                if kwargs[name] < 1:
+                    raise ConfigError(f"{var}: must be at least 1")
+        if get("NURTURE_SMTP_URL"):
+            kwargs["smtp"] = SmtpSettings.from_url(get("NURTURE_SMTP_URL"))
+        if get("NURTURE_FROM"):
+            kwargs["from_name"], kwargs["from_address"] = _parse_from(get("NURTURE_FROM"))
+        kwargs["clock"] = _clock_from_env(env)
+        settings = cls(**kwargs)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.env not in ("dev", "production"):
+            raise ConfigError(f"NURTURE_ENV: {self.env!r} must be dev or production")
+        if not self.is_dev and (self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < 32):
+            raise ConfigError(
+                "NURTURE_SECRET_KEY: set a random secret of at least 32 characters outside dev "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"NURTURE_BASE_URL: {self.base_url!r} must start with http:// or https://")
+        if self.default_language not in ("en", "ru"):
+            raise ConfigError(f"NURTURE_DEFAULT_LANGUAGE: {self.default_language!r} must be en or ru")
+        try:
+            ZoneInfo(self.default_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"NURTURE_DEFAULT_TIMEZONE: unknown time zone {self.default_timezone!r}") from None
+
+
+def _parse_from(text: str) -> tuple[str, str]:
+    from email.utils import parseaddr
+
+    name, addr = parseaddr(text)
+    try:
+        addr = validate_email(addr, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ConfigError(f"NURTURE_FROM: {text!r}: {exc}") from None
+    return name or addr.partition("@")[0], addr
+
+
+def _clock_from_env(env: dict[str, str]) -> Clock:
+    if env.get("NURTURE_NOW"):
+        return Clock.fixed(parse_instant(env["NURTURE_NOW"], "NURTURE_NOW"))
+    if env.get("NURTURE_CLOCK_START"):
+        start = parse_instant(env["NURTURE_CLOCK_START"], "NURTURE_CLOCK_START")
+        try:
+            speed = float(env.get("NURTURE_CLOCK_SPEED", "1"))
+            anchor = float(env["NURTURE_CLOCK_ANCHOR"]) if env.get("NURTURE_CLOCK_ANCHOR") else None
+        except ValueError as exc:
+            raise ConfigError(f"NURTURE_CLOCK_SPEED / NURTURE_CLOCK_ANCHOR: {exc}") from None
+        return Clock.sped_up(start, speed, anchor)
+    return Clock.system()
+
+
+def parse_window_time(text: str, what: str) -> clock_time:
+    """``"09:00"`` as a time of day, with an error naming ``what``."""
+    try:
+        return clock_time.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: {text!r} is not a time of day such as 09:00") from None

@@ -1,0 +1,252 @@
+"""The database records, as SQLModel tables (one module: no circular imports).
+
+Times are timezone-aware UTC (``UtcDateTime``). Status and kind columns are
+plain strings; their allowed values are the ``*_STATUSES`` / ``*_KINDS`` tuples
+below, which the code checks. Rows that other rows point at (steps, templates,
+messages) are never deleted, only retired, so history stays readable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import JSON, Column, Field, SQLModel
+
+
+class UtcDateTime(TypeDecorator):
+    """An aware UTC datetime on both SQLite (which stores naive text) and PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def utc_column(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable, index=index))
+
+
+ROLES = ("admin", "marketer", "rep", "manager")
+LEAD_STATUSES = ("active", "replied", "paused", "unsubscribed", "bounced", "complained", "archived")
+SEQUENCE_STATUSES = ("draft", "active", "paused", "archived")
+STEP_KINDS = ("first_contact", "follow_up", "case_study", "news", "special_offer", "re_offer", "rep_task")
+ENROLLMENT_STATUSES = ("active", "paused", "completed", "exited")
+MESSAGE_STATUSES = ("queued", "sending", "sent", "failed", "bounced", "cancelled", "skipped")
+EVENT_KINDS = (
+    "sent", "open", "click", "reply", "auto_reply", "bounce_hard", "bounce_soft",
+    "unsubscribe", "complaint",
+)
+SUPPRESSION_REASONS = ("unsubscribed", "bounce_hard", "complaint", "manual")
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    name: str = Field(default="", max_length=200)
+    role: str = Field(default="rep", max_length=20)
+    title: str = Field(default="", max_length=200)
+    phone: str = Field(default="", max_length=50)
+    password_hash: str | None = Field(default=None, max_length=300)
+    active: bool = True
+    created_at: datetime | None = utc_column(nullable=False)
+
+
+class Stage(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=50, unique=True)
+    name: str = Field(max_length=100)
+    position: int = 0
+    probability: float = 0.0
+    is_won: bool = False
+    is_lost: bool = False
+    is_terminal: bool = False
+
+
+class Lead(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    first_name: str = Field(default="", max_length=200)
+    last_name: str = Field(default="", max_length=200)
+    company: str = Field(default="", max_length=300)
+    timezone: str | None = Field(default=None, max_length=64)
+    language: str = Field(default="en", max_length=8)
+    source: str = Field(default="", max_length=100)
+    external_id: str | None = Field(default=None, max_length=200, index=True)
+    owner_id: int | None = Field(default=None, foreign_key="user.id", index=True)
+    stage: str = Field(default="new", max_length=50, index=True)
+    score: float = 0.0
+    probability: float = 0.0
+    status: str = Field(default="active", max_length=20, index=True)
+    paused_until: datetime | None = utc_column()
+    consent: str = Field(default="", max_length=200)
+    custom: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = utc_column(nullable=False)
+    updated_at: datetime | None = utc_column(nullable=False)
+
+
+class LeadTag(SQLModel, table=True):
+    __tablename__ = "lead_tag"
+    lead_id: int = Field(foreign_key="lead.id", primary_key=True)
+    tag: str = Field(max_length=100, primary_key=True, index=True)
+
+
+class EmailTemplate(SQLModel, table=True):
+    """One template in one language; ``version`` grows when its source changes."""
+
+    __tablename__ = "email_template"
+    __table_args__ = (sa.UniqueConstraint("name", "language"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    language: str = Field(max_length=8)
+    version: int = 1
+    checksum: str = Field(max_length=64)
+    subjects: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    mjml: str = Field(sa_column=Column(sa.Text, nullable=False))
+    html: str = Field(sa_column=Column(sa.Text, nullable=False))  # compiled once per version
+    text: str = Field(sa_column=Column(sa.Text, nullable=False))  # plain-text part, a Jinja template
+    updated_at: datetime | None = utc_column(nullable=False)
+
+
+class Sequence(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=100, unique=True)
+    name: str = Field(max_length=200)
+    description: str = Field(default="", sa_column=Column(sa.Text, nullable=False))
+    status: str = Field(default="active", max_length=20)
+    version: int = 1
+    checksum: str = Field(default="", max_length=64)
+    timezone: str = Field(default="UTC", max_length=64)
+    send_days: str = Field(default="mon,tue,wed,thu,fri", max_length=40)
+    send_start: str = Field(default="09:00", max_length=5)
+    send_end: str = Field(default="18:00", max_length=5)
+    throttle_per_hour: int | None = None
+    exit_on_reply: bool = True
+    exit_on_domain_reply: bool = False
+    exit_on_click: bool = False
+    created_at: datetime | None = utc_column(nullable=False)
+    updated_at: datetime | None = utc_column(nullable=False)
+
+
+class Step(SQLModel, table=True):
+    """A touch of a sequence. ``key`` is stable across edits; removed steps are retired."""
+
+    __table_args__ = (sa.UniqueConstraint("sequence_id", "key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    sequence_id: int = Field(foreign_key="sequence.id", index=True)
+    key: str = Field(max_length=100)
+    position: int
+    kind: str = Field(max_length=20)
+    day_min: int = 0
+    day_max: int = 0
+    condition: str = Field(default="always", max_length=40)
+    template: str = Field(default="", max_length=100)
+    subjects: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # lang -> [variants]
+    goal: str = Field(default="", max_length=300)
+    retired: bool = False
+
+
+class Enrollment(SQLModel, table=True):
+    """A lead in a sequence; ``next_step_id`` fires at ``next_run_at``."""
+
+    __table_args__ = (
+        sa.Index(
+            "uq_enrollment_active_lead_sequence", "lead_id", "sequence_id", unique=True,
+            sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'"),
+        ),
+        sa.Index(
+            "ix_enrollment_due", "next_run_at",
+            sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'"),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    sequence_id: int = Field(foreign_key="sequence.id", index=True)
+    status: str = Field(default="active", max_length=20)
+    next_step_id: int | None = Field(default=None, foreign_key="step.id")
+    next_run_at: datetime | None = utc_column()
+    started_at: datetime | None = utc_column(nullable=False)
+    finished_at: datetime | None = utc_column()
+    exit_reason: str = Field(default="", max_length=200)
+
+
+class Message(SQLModel, table=True):
+    """One email (or rep task) per enrollment x step: the unique constraint is the guarantee."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("enrollment_id", "step_id", name="uq_message_enrollment_step"),
+        sa.Index(
+            "ix_message_available", "available_at",
+            sqlite_where=sa.text("status = 'queued'"), postgresql_where=sa.text("status = 'queued'"),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int = Field(foreign_key="enrollment.id")
+    step_id: int = Field(foreign_key="step.id")
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    sequence_id: int = Field(foreign_key="sequence.id", index=True)
+    status: str = Field(default="queued", max_length=20, index=True)
+    variant: int = 0
+    subject: str = Field(default="", sa_column=Column(sa.Text, nullable=False))
+    message_id: str = Field(max_length=250, unique=True)  # the Message-ID header
+    attempts: int = 0
+    available_at: datetime | None = utc_column()  # queued: not before; sending: lease end
+    created_at: datetime | None = utc_column(nullable=False)
+    sent_at: datetime | None = utc_column()
+    smtp_code: int | None = None
+    smtp_response: str = Field(default="", sa_column=Column(sa.Text, nullable=False))
+    error: str = Field(default="", sa_column=Column(sa.Text, nullable=False))
+
+
+class Event(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    kind: str = Field(max_length=20, index=True)
+    is_machine: bool = False
+    occurred_at: datetime | None = utc_column(nullable=False, index=True)
+    data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class StageChange(SQLModel, table=True):
+    __tablename__ = "stage_change"
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    from_stage: str | None = Field(default=None, max_length=50)
+    to_stage: str = Field(max_length=50)
+    changed_at: datetime | None = utc_column(nullable=False, index=True)
+    reason: str = Field(default="rule", max_length=20)  # rule | manual | import | api
+    note: str = Field(default="", max_length=500)
+    by_user_id: int | None = Field(default=None, foreign_key="user.id")
+
+
+class Suppression(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    reason: str = Field(max_length=20)
+    note: str = Field(default="", max_length=500)
+    created_at: datetime | None = utc_column(nullable=False)
+
+
+class Notification(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id", index=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    reason: str = Field(max_length=300)
+    channel: str = Field(default="task", max_length=20)  # task | email | webhook
+    status: str = Field(default="open", max_length=20)
+    created_at: datetime | None = utc_column(nullable=False)
+    sent_at: datetime | None = utc_column()
