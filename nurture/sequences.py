@@ -1,0 +1,182 @@
+"""Read and check sequence definitions from ``campaigns/*.yaml``.
+
+A leaf module: no database. ``load_sequence_file(path)`` returns a checked
+``SequenceSpec`` or raises ``SequenceFileError`` naming the file, the step and
+the field (with a "did you mean" for misspelt kinds and keys). The format is
+documented in ``docs/sequences.md``.
+
+Steps are identified by ``key``, stable across edits: when a file is loaded
+again, steps with the same key are updated in place, new keys are added and
+missing keys are retired (see ``loading.py``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SequenceFileError
+from .models import SEQUENCE_STATUSES, STEP_KINDS
+from .send_window import MAX_DAY, SendWindow, zone
+
+KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
+CONDITIONS = ("always", "engaged", "not_engaged")
+LANGUAGES = ("en", "ru")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class SendWindowSpec(_Strict):
+    days: list[str] = ["mon", "tue", "wed", "thu", "fri"]
+    start: str = "09:00"
+    end: str = "18:00"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SendWindowSpec":
+        SendWindow.parse(",".join(self.days), self.start, self.end)
+        return self
+
+
+class ExitSpec(_Strict):
+    reply: bool = True
+    domain_reply: bool = False
+    click: bool = False
+
+
+class StepSpec(_Strict):
+    key: str = Field(pattern=KEY_PATTERN)
+    kind: Literal[STEP_KINDS]  # type: ignore[valid-type]
+    day: int | list[int]
+    template: str = ""
+    condition: Literal[CONDITIONS] = "always"  # type: ignore[valid-type]
+    goal: str = Field(default="", max_length=300)
+    subjects: dict[Literal[LANGUAGES], list[str]] = {}  # type: ignore[valid-type]
+
+    @field_validator("day")
+    @classmethod
+    def _day_window(cls, value: int | list[int]) -> list[int]:
+        days = [value, value] if isinstance(value, int) else value
+        if len(days) != 2:
+            raise ValueError("give one day (14) or a window [min, max] such as [2, 3]")
+        if not 0 <= days[0] <= days[1] <= MAX_DAY:
+            raise ValueError(f"the window must satisfy 0 <= min <= max <= {MAX_DAY}")
+        return days
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for lang, variants in value.items():
+            if not variants or any(not v.strip() for v in variants):
+                raise ValueError(f"{lang}: give at least one non-empty subject")
+        return value
+
+    @model_validator(mode="after")
+    def _template_needed(self) -> "StepSpec":
+        if self.kind != "rep_task" and not self.template:
+            raise ValueError("an email step needs a template")
+        return self
+
+    @property
+    def day_min(self) -> int:
+        return self.day[0]  # type: ignore[index]
+
+    @property
+    def day_max(self) -> int:
+        return self.day[1]  # type: ignore[index]
+
+
+class SequenceSpec(_Strict):
+    key: str = Field(pattern=KEY_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    status: Literal[SEQUENCE_STATUSES] = "active"  # type: ignore[valid-type]
+    timezone: str = "UTC"
+    send_window: SendWindowSpec = SendWindowSpec()
+    throttle_per_hour: int | None = Field(default=None, ge=1)
+    exit_on: ExitSpec = ExitSpec()
+    steps: list[StepSpec] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> "SequenceSpec":
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.key in seen:
+                raise ValueError(f"step key {step.key!r} is used twice; keys must be unique")
+            seen.add(step.key)
+        return self
+
+
+def parse_sequence(data: object, source: str) -> SequenceSpec:
+    """Check a parsed YAML document; errors name ``source``, the step and the field."""
+    try:
+        return SequenceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SequenceFileError("\n".join(_describe(error, data, source) for error in exc.errors())) from None
+
+
+def load_sequence_file(path: Path) -> SequenceSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SequenceFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SequenceFileError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SequenceFileError(f"{path}: expected a mapping with key, name and steps")
+    return parse_sequence(data, str(path))
+
+
+def sequence_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+
+
+def _describe(error: dict, data: object, source: str) -> str:
+    loc = list(error["loc"])
+    where = [source]
+    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        index = loc[1]
+        steps = data.get("steps") if isinstance(data, dict) else None
+        step = steps[index] if isinstance(steps, list) and index < len(steps) else None
+        key = step.get("key") if isinstance(step, dict) else None
+        where.append(f"step {index + 1}" + (f" ({key})" if key else ""))
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc if not str(part).startswith("function-after"))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field" + _suggest(str(loc[-1]), _known_fields(error, loc))
+    elif error["type"] == "literal_error" and isinstance(error.get("input"), str):
+        expected = re.findall(r"'([^']+)'", error["msg"])
+        message = f"{error['input']!r} is not one of {', '.join(expected)}" + _suggest(error["input"], expected)
+    return ": ".join(where + ([f"field {field!r}"] if field else []) + [message])
+
+
+def _known_fields(error: dict, loc: list) -> list[str]:
+    models = {"send_window": SendWindowSpec, "exit_on": ExitSpec}
+    parent = loc[-2] if len(loc) >= 2 else None
+    if parent in models:
+        return list(models[parent].model_fields)
+    if len(error["loc"]) >= 3 and error["loc"][0] == "steps":
+        return list(StepSpec.model_fields)
+    return list(SequenceSpec.model_fields)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
