@@ -43,8 +43,13 @@ class TransientSendError(NurtureError):
 
 
 class PermanentSendError(NurtureError):
-    """The SMTP server refused for good (5xx): do not retry this address."""
+    """The SMTP server refused for good (5xx).
 
-    def __init__(self, message: str, code: int | None = None):
+    ``stage`` says what it refused: ``"rcpt"`` (the address: a hard bounce) or
+    ``"data"`` (this message's content: the address may still be fine).
+    """
+
+    def __init__(self, message: str, code: int | None = None, stage: str = "rcpt"):
         super().__init__(message)
         self.code = code
+        self.stage = stage

@@ -1,0 +1,61 @@
+"""The suppression list, and stopping everything queued for a lead.
+
+``suppress`` is the one way an address becomes unsendable (unsubscribe, hard
+bounce, complaint, or by hand): it records the address, sets the lead's status,
+exits every active enrollment of the lead and cancels its queued messages, in
+the caller's transaction. The worker checks the list again right before each
+SMTP transaction (see ``sending``), so a message already handed to a worker is
+stopped too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from .models import SUPPRESSION_REASONS, Enrollment, Lead, Message, Suppression
+
+LEAD_STATUS_FOR_REASON = {"unsubscribed": "unsubscribed", "bounce_hard": "bounced", "complaint": "complained"}
+
+
+def stop_lead(session: Session, lead_id: int, reason: str, now: datetime) -> int:
+    """Exit all active enrollments of a lead and cancel its queued messages; return how many enrollments."""
+    exited = session.execute(
+        sa.update(Enrollment).where(Enrollment.lead_id == lead_id, Enrollment.status.in_(("active", "paused")))
+        .values(status="exited", exit_reason=reason, finished_at=now, next_run_at=None)
+    ).rowcount
+    session.execute(
+        sa.update(Message).where(Message.lead_id == lead_id, Message.status == "queued")
+        .values(status="cancelled", error=reason)
+    )
+    return exited or 0
+
+
+def suppress(session: Session, email: str, reason: str, now: datetime, note: str = "") -> bool:
+    """Add ``email`` to the list (no-op if present) and stop its lead; True if it was new."""
+    if reason not in SUPPRESSION_REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}; use one of {', '.join(SUPPRESSION_REASONS)}")
+    email = email.strip().lower()
+    existing = session.exec(select(Suppression).where(Suppression.email == email)).first()
+    if existing is None:
+        session.add(Suppression(email=email, reason=reason, note=note[:500], created_at=now))
+    lead = session.exec(select(Lead).where(Lead.email == email)).first()
+    if lead is not None:
+        if reason in LEAD_STATUS_FOR_REASON:
+            lead.status = LEAD_STATUS_FOR_REASON[reason]
+            lead.updated_at = now
+            session.add(lead)
+        stop_lead(session, lead.id, f"suppressed: {reason}", now)
+    session.flush()
+    return existing is None
+
+
+def unsuppress(session: Session, email: str) -> bool:
+    """Remove ``email`` from the list; the lead's stopped enrollments stay stopped."""
+    return bool(session.execute(sa.delete(Suppression).where(Suppression.email == email.strip().lower())).rowcount)
+
+
+def is_suppressed(session: Session, email: str) -> str | None:
+    return session.exec(select(Suppression.reason).where(Suppression.email == email.strip().lower())).first()
