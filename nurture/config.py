@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from datetime import time as clock_time
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -20,6 +20,7 @@ from .clock import Clock, parse_instant
 from .errors import ConfigError
 
 DEV_SECRET_KEY = "dev-secret-key-change-me"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # campaigns/ and templates/ live here
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class Settings:
     claim_batch_size: int = 1000  # NURTURE_CLAIM_BATCH: enrollments claimed per round
     lease_seconds: int = 600  # NURTURE_LEASE_SECONDS: how long queued work belongs to one worker
     max_attempts: int = 5  # NURTURE_MAX_ATTEMPTS: SMTP 4xx retries before giving up
-    campaigns_dir: str = "campaigns"  # NURTURE_CAMPAIGNS_DIR
-    templates_dir: str = "templates/email"  # NURTURE_TEMPLATES_DIR
+    campaigns_dir: str = str(PROJECT_ROOT / "campaigns")  # NURTURE_CAMPAIGNS_DIR
+    templates_dir: str = str(PROJECT_ROOT / "templates" / "email")  # NURTURE_TEMPLATES_DIR
     catcher_dir: str | None = None  # NURTURE_CATCHER_DIR: the demo's caught mail, shown at /caught
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
@@ -194,11 +195,3 @@ def _clock_from_env(env: dict[str, str]) -> Clock:
             raise ConfigError(f"NURTURE_CLOCK_SPEED / NURTURE_CLOCK_ANCHOR: {exc}") from None
         return Clock.sped_up(start, speed, anchor)
     return Clock.system()
-
-
-def parse_window_time(text: str, what: str) -> clock_time:
-    """``"09:00"`` as a time of day, with an error naming ``what``."""
-    try:
-        return clock_time.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: {text!r} is not a time of day such as 09:00") from None

@@ -1,7 +1,7 @@
 """The RQ queue nurture sends through, and how send batches are enqueued.
 
 Jobs carry message ids only (never objects); the job id names the batch
-(``send:messages:<first>-<last>:<n>``) so the dashboard shows what a job is.
+(``send-messages-<first>-<last>-<tag>``; RQ allows only letters, digits, ``-`` and ``_``) so the dashboard shows what a job is.
 A batch enqueued twice is harmless: the worker only claims ``queued`` messages.
 Schedules never live in Redis: a flush loses at most the current leases, and
 ``scheduling.requeue_expired`` re-enqueues those when they end.
@@ -35,7 +35,7 @@ def enqueue_send_batches(queue: Queue, message_ids: list[int], batch_size: int, 
         return 0
     tag = secrets.token_hex(3)
     jobs = [
-        Queue.prepare_data(SEND_JOB, args=(batch,), job_id=f"send:messages:{batch[0]}-{batch[-1]}:{tag}",
+        Queue.prepare_data(SEND_JOB, args=(batch,), job_id=f"send-messages-{batch[0]}-{batch[-1]}-{tag}",
                            timeout=job_timeout, result_ttl=3600, failure_ttl=7 * 86400)
         for batch in batches
     ]

@@ -29,7 +29,7 @@ from mjml import mjml2html
 from .errors import TemplateError
 from .plaintext import html_to_text
 
-TEMPLATE_NAME = re.compile(r"^(?P<name>[a-z0-9_-]+)\.(?P<lang>en|ru)\.mjml$")
+TEMPLATE_NAME = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]*)\.(?P<lang>en|ru)\.mjml$")
 MAX_TEMPLATE_BYTES = 512 * 1024
 
 # The tags MJML 4 knows; mrml accepts unknown ones silently, so we check.

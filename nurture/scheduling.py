@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from .config import Settings
 from .db import is_postgresql
 from .models import Enrollment, Event, Lead, Message, Notification, Sequence, Step, Suppression
-from .send_window import SendWindow, pick_send_time, seed_fraction, zone
+from .send_window import SendWindow, inside, pick_send_time, seed_fraction, zone
 
 MIN_GAP_BETWEEN_TOUCHES = timedelta(hours=20)
 STOPPED_LEAD_STATUSES = ("replied", "unsubscribed", "bounced", "complained", "archived")
@@ -92,9 +92,10 @@ def first_step(steps: list[Step]) -> Step | None:
     return next((step for step in steps if not step.retired), None)
 
 
-def schedule_step(step: Step, sequence: Sequence, tz, enrollment_id: int, started_at: datetime, earliest: datetime) -> datetime:
+def schedule_step(step: Step, sequence: Sequence, tz, lead_id: int, started_at: datetime, earliest: datetime) -> datetime:
+    """When to send ``step`` to a lead: inside its day window, in business hours, spread per lead."""
     return pick_send_time(sequence_window(sequence), tz, started_at, step.day_min, step.day_max, earliest,
-                          seed_fraction(enrollment_id, step.key))
+                          seed_fraction(lead_id, sequence.id, step.key))
 
 
 def run_tick(session: Session, settings: Settings, now: datetime, enqueue: Callable[[list[int]], None]) -> TickReport:
@@ -179,7 +180,7 @@ def claim_due(session: Session, settings: Settings, sequence: Sequence, now: dat
         updates.append(update)
         stop = _stop_reason(lead, suppressed, now)
         if stop == "paused":
-            update["next_run_at"] = schedule_step(step, sequence, tz, row.id, row.started_at, lead.paused_until) if step else lead.paused_until
+            update["next_run_at"] = schedule_step(step, sequence, tz, row.lead_id, row.started_at, lead.paused_until) if step else lead.paused_until
             report.deferred += 1
             continue
         if lead.status == "paused":
@@ -188,6 +189,11 @@ def claim_due(session: Session, settings: Settings, sequence: Sequence, now: dat
             update.update(status="exited" if stop else "completed", finished_at=now, exit_reason=stop or "")
             report.exited += bool(stop)
             report.completed += not stop
+            continue
+        if not step.retired and not inside(sequence_window(sequence), tz, now):
+            # Claimed late (the scheduler was down): wait for the lead's next business moment.
+            update["next_run_at"] = schedule_step(step, sequence, tz, row.lead_id, now, now)
+            report.deferred += 1
             continue
         if step.retired:
             pass  # a step removed from the sequence: go on to the one that took its place, sending nothing
@@ -209,7 +215,7 @@ def claim_due(session: Session, settings: Settings, sequence: Sequence, now: dat
         else:
             earliest = now if step.retired else now + MIN_GAP_BETWEEN_TOUCHES
             update.update(next_step_id=following.id,
-                          next_run_at=schedule_step(following, sequence, tz, row.id, row.started_at, earliest))
+                          next_run_at=schedule_step(following, sequence, tz, row.lead_id, row.started_at, earliest))
     if messages:
         inserted = session.execute(sa.insert(Message).returning(Message.id, Message.status), messages).all()
         report.message_ids = sorted(mid for mid, status in inserted if status == "queued")

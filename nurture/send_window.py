@@ -140,3 +140,9 @@ def pick_send_time(
             day += timedelta(days=1)
             after = _local_midnight(day, tz).timestamp()
     return datetime.fromtimestamp(moment, timezone.utc)
+
+
+def inside(window: SendWindow, tz: ZoneInfo, moment: datetime) -> bool:
+    """Whether ``moment`` falls in the send hours of a send day in ``tz``."""
+    local = moment.astimezone(tz)
+    return local.weekday() in window.days and window.start <= local.time() < window.end
