@@ -192,7 +192,8 @@ def claim_due(session: Session, settings: Settings, sequence: Sequence, now: dat
             continue
         if not step.retired and not inside(sequence_window(sequence), tz, now):
             # Claimed late (the scheduler was down): wait for the lead's next business moment.
-            update["next_run_at"] = schedule_step(step, sequence, tz, row.lead_id, now, now)
+            update["next_run_at"] = pick_send_time(sequence_window(sequence), tz, now, 0, 0, now,
+                                                   seed_fraction(row.lead_id, sequence.id, step.key))
             report.deferred += 1
             continue
         if step.retired:
