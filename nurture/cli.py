@@ -353,3 +353,7 @@ def demo_command(speed, days, workdir, port, headless) -> None:
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True, disable=not sys.stderr.isatty())
+
+
+if __name__ == "__main__":
+    main()

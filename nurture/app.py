@@ -1,0 +1,39 @@
+"""The Flask application factory: wiring only.
+
+``create_app(settings)`` attaches the blueprints and refuses to start on an
+unmigrated database (the message names ``nurture db upgrade``). Nothing builds
+an app at import time; ``wsgi.py`` and the demo call this.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlmodel import Session
+
+from . import db
+from .config import PROJECT_ROOT, Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    db.require_current_schema(settings.database_url)
+    app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates" / "pages"))
+    app.config.update(SECRET_KEY=settings.secret_key, NURTURE=settings,
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"))
+
+    from .unsubscribe import blueprint as unsubscribe_blueprint
+
+    app.register_blueprint(unsubscribe_blueprint)
+    if settings.catcher_dir:
+        from .caught_mail import blueprint as caught_blueprint
+
+        app.register_blueprint(caught_blueprint)
+
+    @app.get("/healthz")
+    def health():
+        with Session(db.engine_for(settings.database_url)) as session:
+            session.connection().exec_driver_sql("SELECT 1")
+        return {"status": "ok"}
+
+    return app
