@@ -1,0 +1,239 @@
+"""Shared helpers of the benchmarks: scratch databases, smtp-sink, Redis clean-up, signals.
+
+Not a benchmark itself. Everything here cleans up what it creates, including on
+Ctrl-C or SIGTERM (both become ``KeyboardInterrupt`` so ``finally`` blocks run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DEFAULT_PG_ADMIN_URL = os.environ.get("NURTURE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_REDIS_URL = os.environ.get("NURTURE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+console = Console(stderr=True)
+
+
+def out(text: str = "") -> None:
+    """Figures go to stdout (plain), progress and notes to stderr."""
+    print(text, flush=True)
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP behave like Ctrl-C: the ``finally`` clean-up runs."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+
+
+@contextmanager
+def no_interrupts():
+    """Clean-up must not be cut short by a second Ctrl-C."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+# --- network helpers ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not open port {port} (exit code {proc.poll()})")
+            time.sleep(0.01)
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """Stop a child we started in its own session: its whole process group, by its id."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout)
+
+
+# --- smtp-sink ----------------------------------------------------------------------------------
+
+class SmtpSink:
+    """Postfix's smtp-sink on a free port; counts messages (-c) and optionally dumps them (-D)."""
+
+    def __init__(self, dump: bool) -> None:
+        if not os.path.exists(SMTP_SINK):
+            raise SystemExit(
+                "needs Postfix's smtp-sink: echo 'postfix postfix/main_mailer_type select No configuration' | "
+                "debconf-set-selections; DEBIAN_FRONTEND=noninteractive apt-get install -y postfix")
+        self.dir = Path(tempfile.mkdtemp(prefix="nurture-bench-sink-"))
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "nobody")  # the sink writes its dump as the -u user
+        self.port = free_port()
+        self.dump_path = self.dir / "dump.mbox" if dump else None
+        self._counter = open(self.dir / "counter", "wb")
+        cmd = [SMTP_SINK, "-c"]
+        if dump:
+            cmd += ["-D", str(self.dump_path)]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]
+        self.proc = subprocess.Popen(cmd + [f"127.0.0.1:{self.port}", "256"], stdout=self._counter,
+                                     start_new_session=True)
+        wait_port(self.port, self.proc)  # this probe counts as one session
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def messages(self) -> int:
+        """Messages accepted so far (the last ``sess=N quit=N mesg=N`` record)."""
+        text = (self.dir / "counter").read_bytes().decode("ascii", "replace")
+        records = [r for r in text.split("\r") if "mesg=" in r]
+        if not records:
+            return 0
+        return int(re.search(r"mesg=(\d+)", records[-1])[1])
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.messages() < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.messages()
+
+    def dumped_messages(self) -> list[bytes]:
+        """The dumped messages, each with the sink's X-Client-* and Received headers in front."""
+        data = self.dump_path.read_bytes()
+        parts = re.split(rb"(?m)^(?=X-Client-Addr: )", data)
+        return [p for p in parts if p.startswith(b"X-Client-Addr: ")]
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self._counter.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- PostgreSQL scratch database -----------------------------------------------------------------
+
+def _with_dbname(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+class PgScratch:
+    """CREATE DATABASE on entry, DROP DATABASE ... WITH (FORCE) on close."""
+
+    def __init__(self, admin_url: str, name: str) -> None:
+        self.admin_url = admin_url
+        self.name = name
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.url = _with_dbname(admin_url, name)
+
+    def close(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# --- Redis / RQ clean-up ------------------------------------------------------------------------
+
+def rq_cleanup(redis_url: str, queue_name: str) -> int:
+    """Delete every key our benchmark queue made: the queue, its registries, jobs, results, workers.
+
+    Never FLUSHALL: other programs may share this Redis. One SCAN of ``rq:*`` finds
+    keys naming the queue, job hashes whose origin is the queue (and every key
+    naming one of those jobs: results, executions) and worker hashes serving it.
+    """
+    from redis import Redis
+    from rq import Queue
+
+    redis = Redis.from_url(redis_url)
+    try:
+        queue = Queue(queue_name, connection=redis)
+        job_ids = set(queue.get_job_ids())
+        origin = queue_name.encode()
+        all_keys = [k.decode() for k in redis.scan_iter(match="rq:*", count=1000)]
+        doomed = set()
+        for key in all_keys:
+            if queue_name in key:
+                doomed.add(key)
+            elif key.startswith("rq:job:") and redis.type(key) == b"hash" and redis.hget(key, "origin") == origin:
+                job_ids.add(key.removeprefix("rq:job:").split(":")[0])
+            elif key.startswith("rq:worker:") and redis.type(key) == b"hash" and redis.hget(key, "queues") == origin:
+                doomed.add(key)
+                redis.srem("rq:workers", key)
+        if job_ids:
+            doomed.update(k for k in all_keys if any(job_id in k for job_id in job_ids))
+        if doomed:
+            redis.delete(*doomed)
+        redis.srem("rq:queues", f"rq:queue:{queue_name}")
+        return len(doomed)
+    finally:
+        redis.close()
+
+
+def remaining_rq_keys(redis_url: str, queue_name: str) -> list[bytes]:
+    from redis import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        return list(redis.scan_iter(match=f"*{queue_name}*", count=1000))
+    finally:
+        redis.close()
+
+
+def max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
