@@ -141,7 +141,7 @@ def send_batch(session: Session, settings: Settings, message_ids: list[int], tra
                 break
             continue
         except PermanentSendError as exc:
-            pending.append(lambda m=message, e=exc: _permanent(session, m, lead, e, now(), report))
+            pending.append(lambda m=message, l=lead, e=exc: _permanent(session, m, l, e, now(), report))
             continue
         except UnknownOutcomeError as exc:
             pending.append(lambda m=message, e=exc: _fail(session, m.id, f"{e}; may have been delivered, not sent again"))
