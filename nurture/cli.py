@@ -331,6 +331,7 @@ def worker_command(burst, simple) -> None:
 
     settings = settings_for()
     db.require_current_schema(settings.database_url)
+    db.engine_for(settings.database_url).dispose()  # forked work horses must not share its sockets
     queue = send_queue(settings)
     worker_class = SimpleWorker if simple else Worker
     worker = worker_class([queue], connection=queue.connection)
