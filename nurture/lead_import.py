@@ -130,6 +130,7 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     csv.field_size_limit(16 * 1024 * 1024)
     rows: list[tuple[int, list[str]]] = []
+    line = 0  # physical lines consumed so far: the next record starts on line + 1
     try:
         header = next(reader, None)
         if not header or not any(h.strip() for h in header):
@@ -142,7 +143,7 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
                 rows.append((line + 1, fields))
             line = reader.line_num
     except csv.Error as exc:
-        raise ImportFileError(f"line {reader.line_num}: malformed CSV: {exc} (an unclosed quote?)") from None
+        raise ImportFileError(f"line {line + 1}: malformed CSV: {exc} (an unclosed quote?)") from None
     return header, rows
 
 

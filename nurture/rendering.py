@@ -96,37 +96,59 @@ def compile_template(path: Path) -> CompiledSource:
         raise TemplateError(f"{path}: name it <name>.<en|ru>.mjml")
     source = _read(path)
     subjects, mjml_source, body_line = _split_front_matter(source, path)
-    return compile_source(match["name"], match["lang"], subjects, mjml_source, path, body_line)
+    subject_lines = _lines_of(source, subjects)
+    return compile_source(match["name"], match["lang"], subjects, mjml_source, path, body_line, subject_lines)
+
+
+def _lines_of(source: str, texts: list[str]) -> list[int]:
+    """The line on which each of ``texts`` first appears, in order (1 when not found)."""
+    lines, found, start = source.split("\n"), [], 0
+    for text in texts:
+        index = next((i for i in range(start, len(lines)) if text in lines[i]), None)
+        found.append(index + 1 if index is not None else 1)
+        start = index + 1 if index is not None else start
+    return found
 
 
 def compile_source(name: str, language: str, subjects: list[str], mjml_source: str,
-                   path: Path, body_line: int = 1) -> CompiledSource:
+                   path: Path, body_line: int = 1, subject_lines: list[int] | None = None) -> CompiledSource:
     """Check and compile one template; ``path`` names it in errors and anchors includes."""
     included: list[str] = []
+    include_problems: list[TemplateError] = []
 
     def load_include(include_path: str) -> str:
+        # Errors are kept and raised after mrml returns: an exception raised inside
+        # its callback comes back as a generic "unable to load included template".
         target = (path.parent / include_path).resolve()
-        if path.parent.resolve() not in target.parents:
-            raise TemplateError(f"{path}: mj-include {include_path!r} points outside {path.parent}")
-        text = _read(target)
-        _check_structure(text, target, 1, fragment=True)
+        try:
+            if path.parent.resolve() not in target.parents:
+                raise TemplateError(f"{path}: mj-include {include_path!r} points outside {path.parent}")
+            text = _read(target)
+            _check_structure(text, target, 1, fragment=True)
+            _check_jinja(_text_env, text, target, "partial")
+        except TemplateError as exc:
+            include_problems.append(exc)
+            return ""
         included.append(text)
         return text
 
     _check_structure(mjml_source, path, body_line, fragment=False)
     _check_jinja(_text_env, mjml_source, path, "body", body_line)
     for index, subject in enumerate(subjects):
-        _check_jinja(_text_env, subject, path, f"subject {index + 1}")
+        line = subject_lines[index] if subject_lines else None
+        _check_jinja(_text_env, subject, path, f"subject {index + 1}", line)
     try:
         html = mjml2html(mjml_source, include_loader=load_include)
-    except TemplateError:
-        raise
     except Exception as exc:  # mrml raises ValueError with a byte position
+        if include_problems:
+            raise include_problems[0] from None
         raise TemplateError(f"{path}: MJML error: {_with_line(str(exc), mjml_source, body_line)}") from None
+    if include_problems:
+        raise include_problems[0]
     text = html_to_text(html)
     for env, compiled, part in ((_html_env, html, "HTML"), (_text_env, text, "text part")):
         try:
-            _check_jinja(env, compiled, path, part)
+            _check_jinja(env, compiled, path, part, None)
         except TemplateError as exc:
             raise TemplateError(f"{exc} (after MJML compilation: keep Jinja tags inside mj-text, "
                                 "mj-button or attribute values)") from None
@@ -230,17 +252,22 @@ def _with_line(message: str, source: str, first_line: int) -> str:
     return message
 
 
-def _check_jinja(env: SandboxedEnvironment, source: str, path: Path, part: str, first_line: int = 1) -> None:
-    """Parse and render ``source`` with the sample context; errors carry the source line."""
+def _check_jinja(env: SandboxedEnvironment, source: str, path: Path, part: str, first_line: int | None = 1) -> None:
+    """Parse and render ``source`` with the sample context; errors carry the source line.
+
+    ``first_line`` is the file line where ``source`` starts; None when unknown
+    (the error then names no line rather than a wrong one).
+    """
     try:
         template = env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{path} line {exc.lineno + first_line - 1}: {part}: Jinja syntax error: {exc.message}") from None
+        where = f"{path} line {exc.lineno + first_line - 1}" if first_line else str(path)
+        raise TemplateError(f"{where}: {part}: Jinja syntax error: {exc.message}") from None
     try:
         template.render(sample_context())
     except Exception as exc:  # UndefinedError, a failing filter, a sandbox refusal
         line = _template_line(exc)
-        where = f"{path} line {line + first_line - 1}" if line else str(path)
+        where = f"{path} line {line + first_line - 1}" if line and first_line else str(path)
         if isinstance(exc, jinja2.UndefinedError):
             message = f"unknown variable: {exc.message}"
         else:
