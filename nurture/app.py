@@ -22,9 +22,13 @@ def create_app(settings: Settings | None = None) -> Flask:
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"))
 
+    from .queues import redis_connection
+    from .tracking_views import blueprint as tracking_blueprint
     from .unsubscribe import blueprint as unsubscribe_blueprint
 
+    app.extensions["nurture_redis"] = redis_connection(settings)
     app.register_blueprint(unsubscribe_blueprint)
+    app.register_blueprint(tracking_blueprint)
     if settings.catcher_dir:
         from .caught_mail import blueprint as caught_blueprint
 

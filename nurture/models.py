@@ -47,7 +47,7 @@ STEP_KINDS = ("first_contact", "follow_up", "case_study", "news", "special_offer
 ENROLLMENT_STATUSES = ("active", "paused", "completed", "exited")
 MESSAGE_STATUSES = ("queued", "sending", "sent", "failed", "bounced", "cancelled", "skipped")
 EVENT_KINDS = (
-    "sent", "open", "click", "reply", "auto_reply", "bounce_hard", "bounce_soft",
+    "open", "click", "reply", "auto_reply", "bounce_hard", "bounce_soft",
     "unsubscribe", "complaint",
 )
 SUPPRESSION_REASONS = ("unsubscribed", "bounce_hard", "complaint", "manual")
@@ -212,13 +212,33 @@ class Message(SQLModel, table=True):
 
 
 class Event(SQLModel, table=True):
+    """Something a lead (or a machine on its behalf) did; ``source_id`` dedupes redelivery."""
+
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
     kind: str = Field(max_length=20, index=True)
     is_machine: bool = False
     occurred_at: datetime | None = utc_column(nullable=False, index=True)
+    source_id: str | None = Field(default=None, max_length=100, unique=True)
     data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class InboundMail(SQLModel, table=True):
+    """Every inbound message processed once: the verdict and what it matched, for "why?"."""
+
+    __tablename__ = "inbound_mail"
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=300, unique=True)  # its Message-ID, or a hash of the bytes
+    received_at: datetime | None = utc_column(nullable=False, index=True)
+    source: str = Field(max_length=20)  # imap | webhook | cli
+    kind: str = Field(max_length=20)
+    from_address: str = Field(default="", max_length=320)
+    subject: str = Field(default="", sa_column=Column(sa.Text, nullable=False))
+    lead_id: int | None = Field(default=None, foreign_key="lead.id", index=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id")
+    matched_by: str = Field(default="", max_length=30)  # references | reply_token | sender | recipient | none
+    reasons: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class StageChange(SQLModel, table=True):

@@ -37,6 +37,7 @@ from .rendering import Renderer
 from .send_window import seed_fraction
 from .signing import sign
 from .suppression import suppress
+from .tracking import rewrite
 from .transports import Transport, UnknownOutcomeError
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,12 @@ def _compose(settings, batch: _Batch, renderer: Renderer, message: Message, lead
     unsubscribe_url, unsubscribe_mailto = unsubscribe_links(settings, message.id)
     context = render_context(settings, lead, batch.owners.get(lead.owner_id), unsubscribe_url)
     rendered = renderer.render(template, subjects[variant], context)
+    html, text = rewrite(rendered.html, rendered.text, base=settings.base_url, secret=settings.secret_key,
+                         message_id=message.id, keep=(unsubscribe_url,))
     data = build_message(
         from_name=settings.from_name, from_address=settings.from_address,
         to_name=context["lead"]["full_name"], to_address=lead.email,
-        subject=rendered.subject, text=rendered.text, html=rendered.html,
+        subject=rendered.subject, text=text, html=html,
         message_id=message.message_id, date=at,
         unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
     )

@@ -1,0 +1,126 @@
+"""Tracking hits travel through a Redis stream, then into the database in batches.
+
+The request path only runs ``publish`` (one XADD, well under a millisecond): no
+database transaction per hit. ``drain`` reads the stream with a consumer group,
+writes the events in one transaction per batch and acknowledges them only after
+the commit: a drainer that dies leaves its entries pending, and the next one
+takes them over (XAUTOCLAIM) after ``CLAIM_IDLE_MS``. Each event stores its
+stream entry id as ``source_id`` (unique), so an entry written twice is stored
+once: at least once in, exactly once stored. If Redis cannot be reached, the
+hit is written straight to the database instead; it is never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime
+from typing import Callable
+
+import redis
+from sqlmodel import Session, select
+
+from .clock import parse_instant
+from .machine_detection import BURST_SECONDS, judge
+from .models import Event, Message
+from .tracking import TRAP_URL
+
+log = logging.getLogger(__name__)
+STREAM = "nurture:events"
+GROUP = "nurture-drain"
+CLAIM_IDLE_MS = 60_000
+
+
+def publish(connection: redis.Redis, hit: dict[str, str]) -> str:
+    return connection.xadd(STREAM, hit).decode()
+
+
+def ensure_group(connection: redis.Redis) -> None:
+    try:
+        connection.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def drain(session: Session, connection: redis.Redis, consumer: str, count: int = 2000,
+          on_events: Callable[[Session, list[Event]], None] | None = None) -> int:
+    """Move up to ``count`` hits from the stream into the database; return how many were stored."""
+    ensure_group(connection)
+    entries = []
+    _next, claimed, *_ = connection.xautoclaim(STREAM, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)
+    entries += [(entry_id, fields) for entry_id, fields in claimed if fields]
+    if len(entries) < count:
+        for _stream, items in connection.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=count - len(entries)) or []:
+            entries += items
+    if not entries:
+        return 0
+    hits = [(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for entry_id, fields in entries]
+    stored = store_hits(session, hits, on_events)
+    ids = [entry_id for entry_id, _ in hits]
+    connection.xack(STREAM, GROUP, *ids)
+    connection.xdel(STREAM, *ids)
+    return stored
+
+
+def store_hits(session: Session, hits: list[tuple[str, dict[str, str]]],
+               on_events: Callable[[Session, list[Event]], None] | None = None) -> int:
+    """Judge and store hits (``source_id`` dedupes); commit; return the number of new events."""
+    known = set(session.exec(select(Event.source_id).where(Event.source_id.in_([sid for sid, _ in hits]))).all())
+    hits = [(sid, hit) for sid, hit in hits if sid not in known and hit.get("message_id", "").isdigit()]
+    messages = {m.id: m for m in session.exec(
+        select(Message).where(Message.id.in_({int(hit["message_id"]) for _, hit in hits})))}
+    history = _recent_clicks(session, list(messages))
+    events = []
+    for source_id, hit in sorted(hits, key=lambda item: item[1].get("at", "")):
+        message = messages.get(int(hit["message_id"]))
+        if message is None:
+            continue
+        at = parse_instant(hit["at"])
+        url = hit.get("url", "")
+        trap = url == TRAP_URL
+        burst = 0
+        if hit["kind"] == "click":
+            history[message.id].append((at, url))
+            burst = len({u for t, u in history[message.id] if abs((t - at).total_seconds()) <= BURST_SECONDS})
+        seconds = (at - message.sent_at).total_seconds() if message.sent_at else None
+        machine, reasons = judge(hit["kind"], hit.get("method", "GET"), hit.get("ua", ""), seconds, trap=trap,
+                                 trap_clicked=any(u == TRAP_URL for _, u in history[message.id]),
+                                 distinct_links_in_burst=burst)
+        data = {"reasons": reasons, "user_agent": hit.get("ua", "")[:300], "ip": hit.get("ip", "")}
+        if url:
+            data["url"] = url[:2000]
+        events.append(Event(lead_id=message.lead_id, message_id=message.id, kind=hit["kind"], is_machine=machine,
+                            occurred_at=at, source_id=source_id, data=data))
+    session.add_all(events)
+    session.flush()
+    if on_events:
+        on_events(session, events)
+    session.commit()
+    return len(events)
+
+
+def _recent_clicks(session: Session, message_ids: list[int]) -> dict[int, list[tuple[datetime, str]]]:
+    history: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
+    for message_id, occurred_at, data in session.exec(
+        select(Event.message_id, Event.occurred_at, Event.data).where(
+            Event.message_id.in_(message_ids), Event.kind == "click")
+    ):
+        history[message_id].append((occurred_at, (data or {}).get("url", "")))
+    return history
+
+
+def record(connection: redis.Redis | None, database_url: str, hit: dict[str, str]) -> None:
+    """Publish a hit; if Redis fails, store it directly. Raises only if both fail."""
+    try:
+        if connection is None:
+            raise redis.ConnectionError("no Redis configured")
+        publish(connection, hit)
+    except redis.RedisError as exc:
+        import uuid
+
+        from .db import engine_for
+
+        log.warning("Redis unavailable (%s); storing a %s event directly", exc, hit.get("kind"))
+        with Session(engine_for(database_url), expire_on_commit=False) as session:
+            store_hits(session, [(f"direct-{uuid.uuid4().hex}", hit)])
