@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -151,8 +151,11 @@ class RecordingHandler:
 
     ``replies``: recipient -> RCPT reply (e.g. "451 4.3.0 Try again later"); a list
     of replies is used up one per attempt, then the recipient is accepted.
-    ``data_replies``: recipient -> DATA reply, the same way.
+    ``data_replies``: recipient -> DATA reply, the same way; ``data_filter(rcpts, raw)``
+    may return a DATA reply for one particular message.
     ``delay``: seconds to wait in DATA before answering (a slow server).
+    ``drop_in_data``: recipients whose message is received, then the connection drops
+    before the answer (the client cannot know whether it was delivered).
     ``on_data``: called with (mail_from, rcpts, raw) after recording.
     """
 
@@ -163,6 +166,8 @@ class RecordingHandler:
         self.rcpt_log: list[str] = []
         self.delay = 0.0
         self.on_data: Callable[[str, list[str], bytes], None] | None = None
+        self.data_filter: Callable[[list[str], bytes], str | None] | None = None
+        self.drop_in_data: set[str] = set()  # recipients whose DATA ends in a dropped connection
 
     @staticmethod
     def _take(table: dict, address: str) -> str | None:
@@ -184,8 +189,16 @@ class RecordingHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.drop_in_data & {r.lower() for r in envelope.rcpt_tos}:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            server.transport.abort()  # the data arrived, the answer never does
+            return "250 OK"
         for rcpt in envelope.rcpt_tos:
             reply = self._take(self.data_replies, rcpt)
+            if reply:
+                return reply
+        if self.data_filter:
+            reply = self.data_filter(list(envelope.rcpt_tos), envelope.content)
             if reply:
                 return reply
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
@@ -200,15 +213,33 @@ class RecordingHandler:
         return [email.message_from_bytes(raw, policy=email.policy.default) for _, _, raw in self.messages]
 
 
+class SmtpServer:
+    """An aiosmtpd Controller that can be taken down and brought back on the same port."""
+
+    def __init__(self, handler: RecordingHandler) -> None:
+        self.handler = handler
+        self.hostname, self.port = "127.0.0.1", free_port()
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(self.handler, hostname=self.hostname, port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
 @pytest.fixture
 def smtpd():
     handler = RecordingHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
+    server = SmtpServer(handler)
+    server.start()
     try:
-        yield controller, handler
+        yield server, handler
     finally:
-        controller.stop()
+        server.stop()
 
 
 # --- Redis ----------------------------------------------------------------------------------------
@@ -230,6 +261,11 @@ def _delete_queue_keys(conn: Redis, queue_name: str) -> None:
     keys = set(conn.scan_iter(match=f"*{queue_name}*", count=1000))
     for job_id in job_ids:
         keys.update(conn.scan_iter(match=f"rq:*{job_id}*", count=1000))
+    for worker_key in conn.scan_iter(match="rq:worker:*", count=1000):  # workers started by CLI subprocesses
+        if not worker_key.endswith(b":executions") and conn.type(worker_key) == b"hash" \
+                and queue_name.encode() in (conn.hget(worker_key, "queues") or b"").split(b","):
+            keys.update((worker_key, worker_key + b":executions"))
+            conn.srem("rq:workers", worker_key)
     if keys:
         conn.delete(*keys)
     conn.srem("rq:queues", f"rq:queue:{queue_name}")
@@ -274,7 +310,7 @@ class Nurture:
     settings: Settings
     redis: Redis
     smtp: RecordingHandler
-    smtp_controller: Controller
+    smtp_server: SmtpServer
     monkeypatch: pytest.MonkeyPatch
     tmp_path: Path
     enqueued: list[list[int]] = field(default_factory=list)
@@ -380,8 +416,8 @@ class Nurture:
 
 @pytest.fixture
 def nurture(settings, redis_conn, smtpd, monkeypatch, tmp_path) -> Nurture:
-    controller, handler = smtpd
-    return Nurture(settings=settings, redis=redis_conn, smtp=handler, smtp_controller=controller,
+    server, handler = smtpd
+    return Nurture(settings=settings, redis=redis_conn, smtp=handler, smtp_server=server,
                    monkeypatch=monkeypatch, tmp_path=tmp_path)
 
 
@@ -410,12 +446,52 @@ def leads(cast) -> Nurture:
     return cast
 
 
-def python_bin() -> str:
-    return sys.executable
-
-
 @pytest.fixture
 def team(nurture) -> Nurture:
     """The two reps, anna and ivan; no campaigns loaded."""
     nurture.users = nurture.create_users()
     return nurture
+
+
+def drive(n: Nurture, until: datetime | None = None, max_rounds: int = 300) -> None:
+    """Move the clock from due moment to due moment, ticking and working at each, until
+    nothing is scheduled any more (or the next due moment is after ``until``)."""
+    for _ in range(max_rounds):
+        n.tick()
+        n.work()
+        due = [e.next_run_at for e in n.enrollments(Enrollment.status == "active") if e.next_run_at]
+        due += [m.available_at for m in n.messages(Message.status == "queued") if m.available_at]
+        if not due:
+            return
+        following = max(min(due), n.now + timedelta(seconds=1))
+        if until is not None and following > until:
+            return
+        n.at(following)
+    raise AssertionError(f"the calendar did not finish in {max_rounds} rounds")
+
+
+def write_campaigns(directory: Path, *documents: str, shipped: bool = False) -> Path:
+    """A campaigns folder with the given sequence YAML documents (and the shipped file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if shipped:
+        shutil.copy(CAMPAIGNS_DIR / "systematic-follow-up.yaml", directory / "systematic-follow-up.yaml")
+    for document in documents:
+        key = re.search(r"^key: *(\S+)", document, re.M)[1]  # not yaml.safe_load: some are broken on purpose
+        (directory / f"{key}.yaml").write_text(document, encoding="utf-8")
+    return directory
+
+
+SHORT_SEQUENCE = """\
+key: webinar-follow-up
+name: Webinar follow-up
+timezone: Europe/Moscow
+steps:
+  - key: thanks
+    kind: first_contact
+    day: 0
+    template: first_contact
+  - key: recording
+    kind: news
+    day: [7, 8]
+    template: news
+"""

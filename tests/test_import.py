@@ -241,3 +241,9 @@ def test_idn_domain_address_is_accepted_and_normalised(team):
     # Imported again in punycode-free, differently cased form: the same lead.
     assert team.import_csv("email\nivan@ПРИМЕР.рф\n").updated == 1
     assert team.count(Lead) == 1
+
+
+def test_tab_separated_file_is_imported(team):
+    report = team.import_csv("email\tfirst_name\tcompany\njohn@example.net\tJohn\tAcme, Inc.\n")
+    assert (report.created, report.rejected) == (1, [])
+    assert team.lead("john@example.net").company == "Acme, Inc."
