@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"))
 
+    from .inbound_views import blueprint as inbound_blueprint
     from .queues import redis_connection
     from .tracking_views import blueprint as tracking_blueprint
     from .unsubscribe import blueprint as unsubscribe_blueprint
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["nurture_redis"] = redis_connection(settings)
     app.register_blueprint(unsubscribe_blueprint)
     app.register_blueprint(tracking_blueprint)
+    app.register_blueprint(inbound_blueprint)
     if settings.catcher_dir:
         from .caught_mail import blueprint as caught_blueprint
 

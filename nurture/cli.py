@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlmodel import Session, select
 
 from . import db
 from .config import Settings
+from .addresses import normalise
 from .errors import NurtureError
 
 console = Console(stderr=True)
@@ -259,7 +261,7 @@ def suppress_add(email, reason, note, now) -> None:
     with open_session(settings) as session:
         new = add(session, email, reason, settings.clock.now(), note)
         session.commit()
-    click.echo(f"{'suppressed' if new else 'already suppressed'}: {email.strip().lower()}")
+    click.echo(f"{'suppressed' if new else 'already suppressed'}: {normalise(email)}")
 
 
 @suppress.command("remove")
@@ -269,11 +271,11 @@ def suppress_remove(email) -> None:
 
     settings = settings_for()
     with open_session(settings) as session:
-        removed = unsuppress(session, email)
+        removed = unsuppress(session, email, settings.clock.now())
         session.commit()
     if not removed:
         raise NurtureError(f"{email} is not on the suppression list")
-    click.echo(f"removed: {email.strip().lower()}")
+    click.echo(f"removed: {normalise(email)}")
 
 
 @suppress.command("list")
@@ -302,8 +304,11 @@ def scheduler_command(once, interval, now) -> None:
     from .queues import enqueue_send_batches, send_queue
     from .scheduling import run_tick
 
+    from .periodic import Periodic
+
     settings = settings_for(now)
     queue = send_queue(settings)
+    periodic = Periodic(settings, queue.connection)
 
     def enqueue(ids: list[int]) -> None:
         enqueue_send_batches(queue, ids, settings.send_batch_size, settings.lease_seconds)
@@ -311,6 +316,8 @@ def scheduler_command(once, interval, now) -> None:
     while True:
         with open_session(settings) as session:
             report = run_tick(session, settings, settings.clock.now(), enqueue)
+            for line in periodic.run(session):
+                click.echo(line)
         if once or report.messages or report.requeued or report.exited or report.expired:
             click.echo(f"{settings.clock.now():%Y-%m-%d %H:%M} queued {report.messages}, skipped {report.skipped}, "
                        f"tasks {report.tasks}, exited {report.exited}, completed {report.completed}, "

@@ -93,6 +93,12 @@ class Settings:
     campaigns_dir: str = str(PROJECT_ROOT / "campaigns")  # NURTURE_CAMPAIGNS_DIR
     templates_dir: str = str(PROJECT_ROOT / "templates" / "email")  # NURTURE_TEMPLATES_DIR
     catcher_dir: str | None = None  # NURTURE_CATCHER_DIR: the demo's caught mail, shown at /caught
+    imap_url: str | None = None  # NURTURE_IMAP_URL: imaps://user:pass@host:993/INBOX, the mailbox replies reach
+    imap_poll_seconds: int = 60  # NURTURE_IMAP_POLL_SECONDS: how often the scheduler polls it
+    inbound_secret: str | None = None  # NURTURE_INBOUND_SECRET: shared secret of POST /inbound/raw
+    reply_address: str | None = None  # NURTURE_REPLY_ADDRESS: replies@domain -> Reply-To: replies+TOKEN@domain
+    auto_reply_pause_days: int = 7  # NURTURE_AUTO_REPLY_PAUSE_DAYS: pause after an out-of-office with no date
+    soft_bounce_limit: int = 3  # NURTURE_SOFT_BOUNCE_LIMIT: soft bounces before an address is suppressed
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
     @property
@@ -127,6 +133,9 @@ class Settings:
             "NURTURE_CAMPAIGNS_DIR": "campaigns_dir",
             "NURTURE_TEMPLATES_DIR": "templates_dir",
             "NURTURE_CATCHER_DIR": "catcher_dir",
+            "NURTURE_IMAP_URL": "imap_url",
+            "NURTURE_INBOUND_SECRET": "inbound_secret",
+            "NURTURE_REPLY_ADDRESS": "reply_address",
         }
         for var, name in simple.items():
             if get(var):
@@ -136,6 +145,9 @@ class Settings:
             "NURTURE_CLAIM_BATCH": "claim_batch_size",
             "NURTURE_LEASE_SECONDS": "lease_seconds",
             "NURTURE_MAX_ATTEMPTS": "max_attempts",
+            "NURTURE_IMAP_POLL_SECONDS": "imap_poll_seconds",
+            "NURTURE_AUTO_REPLY_PAUSE_DAYS": "auto_reply_pause_days",
+            "NURTURE_SOFT_BOUNCE_LIMIT": "soft_bounce_limit",
         }
         for var, name in numbers.items():
             if get(var):
@@ -164,6 +176,10 @@ class Settings:
             )
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"NURTURE_BASE_URL: {self.base_url!r} must start with http:// or https://")
+        if self.imap_url and not self.imap_url.startswith(("imap://", "imaps://")):
+            raise ConfigError(f"NURTURE_IMAP_URL: {self.imap_url!r} must start with imap:// or imaps://")
+        if self.inbound_secret is not None and len(self.inbound_secret) < 16:
+            raise ConfigError("NURTURE_INBOUND_SECRET: use at least 16 random characters")
         if self.default_language not in ("en", "ru"):
             raise ConfigError(f"NURTURE_DEFAULT_LANGUAGE: {self.default_language!r} must be en or ru")
         try:

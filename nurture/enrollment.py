@@ -17,9 +17,10 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from .addresses import normalise
 from .config import Settings
 from .errors import EnrollmentError
-from .models import Enrollment, Lead, LeadTag, Sequence, Suppression, User
+from .models import SENDABLE_LEAD_STATUSES, Enrollment, Lead, LeadTag, Sequence, Suppression, User
 from .scheduling import first_step, lead_zone, live_steps, schedule_step
 
 CHUNK = 1000
@@ -55,7 +56,7 @@ def select_leads(session: Session, lead_filter: LeadFilter):
     if lead_filter.stage:
         query = query.where(Lead.stage == lead_filter.stage)
     if lead_filter.owner:
-        owner_id = session.exec(select(User.id).where(User.email == lead_filter.owner.strip().lower())).first()
+        owner_id = session.exec(select(User.id).where(User.email == normalise(lead_filter.owner))).first()
         if owner_id is None:
             raise EnrollmentError(f"--owner: no user {lead_filter.owner!r}")
         query = query.where(Lead.owner_id == owner_id)
@@ -64,7 +65,7 @@ def select_leads(session: Session, lead_filter: LeadFilter):
     if lead_filter.lead_ids:
         query = query.where(Lead.id.in_(lead_filter.lead_ids))
     if lead_filter.emails:
-        query = query.where(Lead.email.in_([e.strip().lower() for e in lead_filter.emails]))
+        query = query.where(Lead.email.in_([normalise(e) for e in lead_filter.emails]))
     return session.exec(query.order_by(Lead.id)).all()
 
 
@@ -91,7 +92,7 @@ def enroll(session: Session, settings: Settings, sequence_key: str, lead_filter:
         for lead in part:
             if lead.email in suppressed:
                 report.refused[f"suppressed ({suppressed[lead.email]})"].append(lead.email)
-            elif lead.status not in ("active", "paused"):
+            elif lead.status not in SENDABLE_LEAD_STATUSES:
                 report.refused[f"lead is {lead.status}"].append(lead.email)
             elif lead.id in enrolled:
                 report.refused["already enrolled"].append(lead.email)

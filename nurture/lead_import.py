@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
+from .addresses import normalise
 from .errors import ImportFileError
 from .models import Lead, LeadTag, User
 from .send_window import zone
@@ -166,7 +167,8 @@ def _check_row(fields: list[str], columns: dict[int, str], header: list[str], ow
     if not values.get("email"):
         return None, "email is empty"
     try:
-        values["email"] = validate_email(values["email"], check_deliverability=False, allow_smtputf8=False).normalized.lower()
+        validate_email(values["email"], check_deliverability=False, allow_smtputf8=False)
+        values["email"] = normalise(values["email"])
     except EmailNotValidError as exc:
         return None, f"email {values['email']!r}: {exc}"
     if values.get("timezone"):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
+from .addresses import normalise
 from .errors import NurtureError
 from .models import Enrollment, Lead, LeadTag, Message, Sequence, Step, Suppression
 
 
 def lead_document(session: Session, email: str) -> dict:
-    lead = session.exec(select(Lead).where(Lead.email == email.strip().lower())).first()
+    lead = session.exec(select(Lead).where(Lead.email == normalise(email))).first()
     if lead is None:
         raise NurtureError(f"no lead {email!r}")
     sequences = {s.id: s.key for s in session.exec(select(Sequence))}

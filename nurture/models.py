@@ -42,6 +42,7 @@ def utc_column(*, nullable: bool = True, index: bool = False) -> Any:
 
 ROLES = ("admin", "marketer", "rep", "manager")
 LEAD_STATUSES = ("active", "replied", "paused", "unsubscribed", "bounced", "complained", "archived")
+SENDABLE_LEAD_STATUSES = ("active", "paused", "replied")  # a reply exits sequences, it does not bar new ones
 SEQUENCE_STATUSES = ("draft", "active", "paused", "archived")
 STEP_KINDS = ("first_contact", "follow_up", "case_study", "news", "special_offer", "re_offer", "rep_task")
 ENROLLMENT_STATUSES = ("active", "paused", "completed", "exited")

@@ -30,11 +30,10 @@ from sqlmodel import Session, select
 
 from .config import Settings
 from .db import is_postgresql
-from .models import Enrollment, Event, Lead, Message, Notification, Sequence, Step, Suppression
+from .models import SENDABLE_LEAD_STATUSES, Enrollment, Event, Lead, Message, Notification, Sequence, Step, Suppression
 from .send_window import SendWindow, inside, pick_send_time, seed_fraction, zone
 
 MIN_GAP_BETWEEN_TOUCHES = timedelta(hours=20)
-STOPPED_LEAD_STATUSES = ("replied", "unsubscribed", "bounced", "complained", "archived")
 MAX_ROUNDS_PER_TICK = 1000
 
 
@@ -233,7 +232,7 @@ def _stop_reason(lead, suppressed: dict[str, str], now: datetime) -> str:
     """Why this lead gets nothing now: '' (go), 'paused', or the exit reason."""
     if lead.email in suppressed:
         return f"suppressed: {suppressed[lead.email]}"
-    if lead.status in STOPPED_LEAD_STATUSES:
+    if lead.status not in SENDABLE_LEAD_STATUSES:
         return f"lead {lead.status}"
     if lead.status == "paused" and lead.paused_until and lead.paused_until > now:
         return "paused"

@@ -32,7 +32,7 @@ from sqlmodel import Session, select
 from .config import Settings
 from .errors import PermanentSendError, TransientSendError
 from .mime import ascii_address, build_message
-from .models import EmailTemplate, Enrollment, Event, Lead, Message, Sequence, Step, Suppression, User
+from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, Enrollment, Event, Lead, Message, Sequence, Step, Suppression, User
 from .rendering import Renderer
 from .send_window import seed_fraction
 from .signing import sign
@@ -42,7 +42,6 @@ from .transports import Transport, UnknownOutcomeError
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (60, 300, 900, 3600, 7200, 14400)  # seconds, by attempt
-SENDABLE_LEAD_STATUSES = ("active", "paused")
 
 
 @dataclass
@@ -60,6 +59,14 @@ def unsubscribe_links(settings: Settings, message_id: int) -> tuple[str, str]:
     token = sign(settings.secret_key, "unsubscribe", message_id)
     return (f"{settings.base_url.rstrip('/')}/u/{token}",
             f"mailto:unsubscribe+{token}@{settings.mail_domain}?subject=unsubscribe")
+
+
+def reply_address(settings: Settings, message_id: int) -> str | None:
+    """``replies+TOKEN@domain`` when NURTURE_REPLY_ADDRESS is set: a reply that lost its headers still matches."""
+    if not settings.reply_address:
+        return None
+    local, _, domain = settings.reply_address.partition("@")
+    return f"{local}+{sign(settings.secret_key, 'reply', message_id)}@{domain}"
 
 
 def render_context(settings: Settings, lead: Lead, owner: User | None, unsubscribe_url: str) -> dict:
@@ -173,6 +180,7 @@ def _compose(settings, batch: _Batch, renderer: Renderer, message: Message, lead
         subject=rendered.subject, text=text, html=html,
         message_id=message.message_id, date=at,
         unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
+        reply_to=reply_address(settings, message.id),
     )
     return variant, rendered.subject, data
 

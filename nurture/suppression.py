@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from .addresses import normalise
 from .models import SUPPRESSION_REASONS, Enrollment, Lead, Message, Suppression
 
 LEAD_STATUS_FOR_REASON = {"unsubscribed": "unsubscribed", "bounce_hard": "bounced", "complaint": "complained"}
@@ -37,7 +38,7 @@ def suppress(session: Session, email: str, reason: str, now: datetime, note: str
     """Add ``email`` to the list (no-op if present) and stop its lead; True if it was new."""
     if reason not in SUPPRESSION_REASONS:
         raise ValueError(f"unknown suppression reason {reason!r}; use one of {', '.join(SUPPRESSION_REASONS)}")
-    email = email.strip().lower()
+    email = normalise(email)
     existing = session.exec(select(Suppression).where(Suppression.email == email)).first()
     if existing is None:
         session.add(Suppression(email=email, reason=reason, note=note[:500], created_at=now))
@@ -52,10 +53,18 @@ def suppress(session: Session, email: str, reason: str, now: datetime, note: str
     return existing is None
 
 
-def unsuppress(session: Session, email: str) -> bool:
-    """Remove ``email`` from the list; the lead's stopped enrollments stay stopped."""
-    return bool(session.execute(sa.delete(Suppression).where(Suppression.email == email.strip().lower())).rowcount)
+def unsuppress(session: Session, email: str, now: datetime) -> bool:
+    """Remove ``email`` from the list and make its lead sendable again.
+
+    The sequences it was stopped in stay stopped: enroll it again to resume.
+    """
+    email = normalise(email)
+    removed = bool(session.execute(sa.delete(Suppression).where(Suppression.email == email)).rowcount)
+    if removed:
+        session.execute(sa.update(Lead).where(Lead.email == email, Lead.status.in_(tuple(LEAD_STATUS_FOR_REASON.values())))
+                        .values(status="active", updated_at=now))
+    return removed
 
 
 def is_suppressed(session: Session, email: str) -> str | None:
-    return session.exec(select(Suppression.reason).where(Suppression.email == email.strip().lower())).first()
+    return session.exec(select(Suppression.reason).where(Suppression.email == normalise(email))).first()
