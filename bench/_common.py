@@ -53,7 +53,11 @@ def _interrupt(signum, _frame):
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP behave like Ctrl-C: the ``finally`` clean-up runs."""
+    """SIGTERM and SIGHUP behave like Ctrl-C: the ``finally`` clean-up runs.
+
+    SIGINT is set explicitly too: a shell starts background jobs with it ignored.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
 
@@ -138,9 +142,12 @@ class SmtpSink:
         return f"smtp://127.0.0.1:{self.port}"
 
     def messages(self) -> int:
-        """Messages accepted so far (the last ``sess=N quit=N mesg=N`` record)."""
-        text = (self.dir / "counter").read_bytes().decode("ascii", "replace")
-        records = [r for r in text.split("\r") if "mesg=" in r]
+        """Messages accepted so far (the last ``sess=N quit=N mesg=N`` record; reads only the tail)."""
+        with open(self.dir / "counter", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256))
+            text = f.read().decode("ascii", "replace")
+        records = [r for r in text.split("\r") if re.search(r"mesg=\d+$", r.strip())]
         if not records:
             return 0
         return int(re.search(r"mesg=(\d+)", records[-1])[1])
@@ -231,6 +238,55 @@ def remaining_rq_keys(redis_url: str, queue_name: str) -> list[bytes]:
         return list(redis.scan_iter(match=f"*{queue_name}*", count=1000))
     finally:
         redis.close()
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds a live process has used (0 if it is gone).
+
+    ``children`` adds its waited-for children (an RQ work horse, once it has finished).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / CLOCK_TICKS
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
+
+
+def pids_named(name: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def warn_if_busy(seconds: float = 1.0) -> None:
+    """Say so when other processes keep the machine busy before we start: figures would suffer."""
+    busy0, total0 = system_cpu()
+    time.sleep(seconds)
+    busy1, total1 = system_cpu()
+    share = (busy1 - busy0) / max(total1 - total0, 1e-9)
+    if share > 0.2:
+        console.print(f"[yellow]warning: the machine is already {share:.0%} busy before the benchmark starts; "
+                      f"other processes will disturb the figures[/yellow]")
+        print(f"note: machine {share:.0%} busy before the start (other processes)", flush=True)
 
 
 def max_rss_mb() -> float:

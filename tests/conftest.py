@@ -495,3 +495,187 @@ steps:
     day: [7, 8]
     template: news
 """
+
+
+# --- tracking, unsubscribe and inbound mail ----------------------------------------------------
+# Added for test_tracking, test_event_stream, test_machine_detection, test_unsubscribe,
+# test_inbound and test_imap. The existing fixtures above are unchanged.
+
+INBOUND_SECRET = "inbound-secret-0123456789abcdef"
+LINK_URLS = ("https://example.org/pricing?plan=pro&ref=mail", "https://docs.example.org/guide/start",
+             "https://example.org/demo")
+
+LINKS_TEMPLATE = """\
+---
+subjects:
+  - "{lang_subject}, {{{{ lead.first_name }}}}"
+---
+<mjml lang="{lang}">
+  <mj-body width="600px">
+    <mj-section>
+      <mj-column>
+        <mj-text>{greeting} {{{{ lead.first_name }}}}! <a href="https://example.org/pricing?plan=pro&amp;ref=mail">{pricing}</a></mj-text>
+        <mj-text>{guide}: https://docs.example.org/guide/start</mj-text>
+        <mj-button href="https://example.org/demo">{demo}</mj-button>
+        <mj-text><a href="mailto:{{{{ rep.email }}}}">{{{{ rep.email }}}}</a></mj-text>
+      </mj-column>
+    </mj-section>
+    <mj-include path="_footer.{lang}.mjml" />
+  </mj-body>
+</mjml>
+"""
+
+LINKS_SEQUENCE = """\
+key: {key}
+name: {name}
+timezone: Europe/Moscow
+exit_on:
+  reply: true
+  domain_reply: {domain_reply}
+  click: {click}
+steps:
+  - key: hello
+    kind: first_contact
+    day: 0
+    template: links
+  - key: again
+    kind: follow_up
+    day: [2, 3]
+    template: links
+  - key: later
+    kind: news
+    day: [20, 21]
+    template: links
+"""
+
+
+def links_sequence(key: str = "links", name: str = "Links", click: bool = False, domain_reply: bool = False) -> str:
+    return LINKS_SEQUENCE.format(key=key, name=name, click=str(click).lower(), domain_reply=str(domain_reply).lower())
+
+
+def load_link_campaigns(n: Nurture, *sequences: str) -> None:
+    """The ``links`` templates (three external links in HTML and text, the shipped footer) and the given sequences."""
+    templates = n.tmp_path / "templates"
+    if not templates.exists():
+        templates.mkdir()
+        for partial in TEMPLATES_DIR.glob("_*.mjml"):
+            shutil.copy(partial, templates / partial.name)
+        for lang, words in (("en", dict(lang_subject="Links", greeting="Hi", pricing="our prices", guide="The guide",
+                                        demo="Book a demo")),
+                            ("ru", dict(lang_subject="Ссылки", greeting="Здравствуйте,", pricing="наши цены",
+                                        guide="Руководство", demo="Записаться на демо"))):
+            (templates / f"links.{lang}.mjml").write_text(LINKS_TEMPLATE.format(lang=lang, **words), encoding="utf-8")
+    campaigns = write_campaigns(n.tmp_path / "campaigns", *(sequences or (links_sequence(),)))
+    n.load_campaigns(campaigns, templates)
+
+
+def send_due(n: Nurture) -> None:
+    """Jump to the latest next step due among active enrollments, then tick and work once."""
+    due = [e.next_run_at for e in n.enrollments(Enrollment.status == "active") if e.next_run_at]
+    n.at(max(max(due), n.now))
+    n.tick_and_work()
+
+
+def received_by(n: Nurture) -> dict[str, list]:
+    """Recipient address -> the parsed messages it received, in order."""
+    out: dict[str, list] = {}
+    for (_, rcpts, _), parsed in zip(n.smtp.messages, n.smtp.parsed()):
+        for rcpt in rcpts:
+            out.setdefault(rcpt.lower(), []).append(parsed)
+    return out
+
+
+@pytest.fixture
+def event_stream(redis_conn):
+    """The tracking event stream, empty before and deleted after the test."""
+    from nurture.event_stream import STREAM
+
+    redis_conn.delete(STREAM)
+    yield STREAM
+    redis_conn.delete(STREAM)
+
+
+class Web:
+    """The Flask app of this test's settings and its test client; ``at`` moves its clock."""
+
+    def __init__(self, n: Nurture) -> None:
+        from nurture.app import create_app
+
+        self.n = n
+        self.app = create_app(n.settings)
+        self.app.testing = True
+        self.client = self.app.test_client()
+
+    def at(self, moment: datetime) -> "Web":
+        self.app.config["NURTURE"] = self.app.config["NURTURE"].with_now(iso(moment))
+        return self
+
+    def __getattr__(self, name):  # get, post, head, ... of the test client
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def web(nurture) -> Callable[[], Web]:
+    """Builds the app from the test's current settings (call it after setting the clock)."""
+    apps: list[Web] = []
+
+    def make() -> Web:
+        apps.append(Web(nurture))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.app.extensions["nurture_redis"].close()
+
+
+@pytest.fixture(scope="session")
+def imap_server():
+    """One private Dovecot for the whole session (tests/imap_server.py)."""
+    from imap_server import dovecot
+
+    with dovecot() as server:
+        yield server
+
+
+@pytest.fixture
+def mailbox(imap_server, nurture):
+    """A fresh IMAP folder for this test, set as NURTURE_IMAP_URL (env and the harness's settings)."""
+    from dataclasses import replace
+
+    folder = f"test-{uuid.uuid4().hex[:12]}"
+    with imap_server.client() as client:
+        client.create_folder(folder)
+    url = imap_server.url(folder)
+    nurture.monkeypatch.setenv("NURTURE_IMAP_URL", url)
+    nurture.settings = replace(nurture.settings, imap_url=url)
+    yield folder
+    with imap_server.client() as client:
+        client.delete_folder(folder)
+
+
+TRACKED_LEADS_CSV = """\
+email,first_name,last_name,company,timezone,language
+olga@example.com,Ольга,Иванова,Ромашка,Europe/Moscow,ru
+john@example.net,John,Smith,Acme,Europe/Moscow,en
+"""
+
+
+def start_links(n: Nurture, csv: str = TRACKED_LEADS_CSV, sequences: tuple[str, ...] = (),
+                enroll: tuple[str, ...] = ("links",)) -> dict[str, Message]:
+    """Users, the ``links`` templates and ``sequences`` loaded, ``csv`` imported, everyone enrolled
+    in each of ``enroll``, and the first step sent: lead email -> its first sent message."""
+    n.create_users()
+    load_link_campaigns(n, *(sequences or (links_sequence(),)))
+    report = n.import_csv(csv)
+    assert not report.rejected, report.rejected
+    for key in enroll:
+        n.enroll(key)
+    send_due(n)
+    sent = n.messages(Message.status == "sent")
+    assert len(sent) == report.created * len(enroll), [(m.lead_id, m.status, m.error) for m in n.messages()]
+    with n.session() as s:
+        emails = dict(s.exec(select(Lead.id, Lead.email)).all())
+    first: dict[str, Message] = {}
+    for message in sent:
+        first.setdefault(emails[message.lead_id], message)
+    return first
