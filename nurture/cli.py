@@ -305,17 +305,19 @@ def scheduler_command(once, interval, now) -> None:
     from .scheduling import run_tick
 
     from .periodic import Periodic
+    from .tasks import attempt_journal
 
     settings = settings_for(now)
     queue = send_queue(settings)
     periodic = Periodic(settings, queue.connection)
+    journal = attempt_journal(settings)
 
     def enqueue(ids: list[int]) -> None:
         enqueue_send_batches(queue, ids, settings.send_batch_size, settings.lease_seconds)
 
     while True:
         with open_session(settings) as session:
-            report = run_tick(session, settings, settings.clock.now(), enqueue)
+            report = run_tick(session, settings, settings.clock.now(), enqueue, journal)
             for line in periodic.run(session):
                 click.echo(line)
         if once or report.messages or report.requeued or report.exited or report.expired:

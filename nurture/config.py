@@ -88,6 +88,7 @@ class Settings:
     queue_name: str = "nurture-send"  # NURTURE_QUEUE
     send_batch_size: int = 200  # NURTURE_SEND_BATCH: messages per RQ job
     claim_batch_size: int = 1000  # NURTURE_CLAIM_BATCH: enrollments claimed per round
+    send_chunk: int = 50  # NURTURE_SEND_CHUNK: messages claimed per commit (the attempt journal keeps crashes exact)
     lease_seconds: int = 600  # NURTURE_LEASE_SECONDS: how long queued work belongs to one worker
     max_attempts: int = 5  # NURTURE_MAX_ATTEMPTS: SMTP 4xx retries before giving up
     campaigns_dir: str = str(PROJECT_ROOT / "campaigns")  # NURTURE_CAMPAIGNS_DIR
@@ -143,6 +144,7 @@ class Settings:
         numbers = {
             "NURTURE_SEND_BATCH": "send_batch_size",
             "NURTURE_CLAIM_BATCH": "claim_batch_size",
+            "NURTURE_SEND_CHUNK": "send_chunk",
             "NURTURE_LEASE_SECONDS": "lease_seconds",
             "NURTURE_MAX_ATTEMPTS": "max_attempts",
             "NURTURE_IMAP_POLL_SECONDS": "imap_poll_seconds",

@@ -28,6 +28,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from .attempt_journal import AttemptJournal
 from .config import Settings
 from .db import is_postgresql
 from .models import SENDABLE_LEAD_STATUSES, Enrollment, Event, Lead, Message, Notification, Sequence, Step, Suppression
@@ -97,10 +98,11 @@ def schedule_step(step: Step, sequence: Sequence, tz, lead_id: int, started_at: 
                           seed_fraction(lead_id, sequence.id, step.key))
 
 
-def run_tick(session: Session, settings: Settings, now: datetime, enqueue: Callable[[list[int]], None]) -> TickReport:
-    """One scheduler tick: claim every due step (bounded), requeue expired leases, expire dead sends."""
+def run_tick(session: Session, settings: Settings, now: datetime, enqueue: Callable[[list[int]], None],
+             journal: AttemptJournal | None = None) -> TickReport:
+    """One scheduler tick: claim every due step (bounded), requeue expired leases, settle dead sends."""
     report = TickReport()
-    report.expired = expire_sending(session, now)
+    report.expired = expire_sending(session, now, journal)
     for sequence in session.exec(select(Sequence).where(Sequence.status == "active").order_by(Sequence.id)).all():
         allowance = _allowance(session, sequence, now)
         for _ in range(MAX_ROUNDS_PER_TICK):
@@ -293,12 +295,35 @@ def requeue_expired(session: Session, now: datetime, lease_seconds: int, limit: 
     return sorted(ids)
 
 
-def expire_sending(session: Session, now: datetime) -> int:
-    """Fail messages stuck in ``sending`` past their lease: their worker died mid-transaction."""
-    result = session.execute(
-        sa.update(Message).where(Message.status == "sending", Message.available_at <= now).values(
-            status="failed", error="the worker stopped during the SMTP transaction; not sent again, "
-                                   "since the server may already have it")
-    )
+UNKNOWN_OUTCOME = "the worker stopped during the SMTP transaction; not sent again, since the server may already have it"
+
+
+def expire_sending(session: Session, now: datetime, journal: AttemptJournal | None = None) -> int:
+    """Settle messages stuck in ``sending`` past their lease: their worker died.
+
+    With the attempt journal: an answered attempt is recorded as answered, a
+    message never handed over is queued again, and only an attempt without an
+    answer fails as "may have been delivered". Without it, all of them fail.
+    """
+    ids = list(session.exec(select(Message.id).where(Message.status == "sending", Message.available_at <= now)
+                            .limit(10000).with_for_update(skip_locked=True)).all())
+    if not ids:
+        session.commit()
+        return 0
+    states = journal.lookup(ids) if journal else {i: ("started", "") for i in ids}
+    for message_id, state in states.items():
+        outcome, answer = state or ("", "")
+        values: dict = {"available_at": None}
+        if state is None:
+            values.update(status="queued", attempts=Message.attempts - 1, available_at=now)
+        elif outcome == "sent":
+            values.update(status="sent", sent_at=now, smtp_response=answer, smtp_code=int(answer[:3]) if answer[:3].isdigit() else None)
+        elif outcome == "retry":
+            values.update(status="queued", available_at=now, error=answer)
+        elif outcome == "failed":
+            values.update(status="failed", error=f"refused: {answer}")
+        else:
+            values.update(status="failed", error=UNKNOWN_OUTCOME)
+        session.execute(sa.update(Message).where(Message.id == message_id, Message.status == "sending").values(**values))
     session.commit()
-    return result.rowcount or 0
+    return len(ids)

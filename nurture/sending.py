@@ -4,13 +4,14 @@
 
 1. render subject, HTML and text for the lead (the A/B subject variant is fixed
    per lead and step, and recorded);
-2. claim it with one conditional UPDATE, ``queued`` -> ``sending``, that also
-   checks right then that the address is not suppressed, the lead is still
-   sendable and the enrollment has not exited; the claim is committed before
-   the SMTP transaction starts, so a crash can never cause a second copy;
-3. send it over the batch's single SMTP connection;
-4. record the answer in the same transaction as the next message's claim (one
-   commit per message).
+2. claim a chunk of them with one conditional UPDATE, ``queued`` -> ``sending``,
+   that also checks right then that the address is not suppressed, the lead is
+   still sendable and the enrollment has not exited; the claim is committed
+   before any SMTP transaction starts, so a crash can never cause a second copy;
+3. send each over the batch's single SMTP connection, journaling the attempt
+   and its answer in Redis (``attempt_journal``: recovery after a crash knows
+   which claimed messages were never handed over and queues them again);
+4. record the answers in the same transaction as the next chunk's claim.
 
 A 4xx answer puts the message back in the queue with a growing delay (bounded
 by ``max_attempts``); a 5xx on the recipient is a hard bounce (suppression,
@@ -29,6 +30,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from .attempt_journal import AttemptJournal
 from .config import Settings
 from .errors import PermanentSendError, TransientSendError
 from .mime import ascii_address, build_message
@@ -110,53 +112,80 @@ class _Batch:
 
 
 def send_batch(session: Session, settings: Settings, message_ids: list[int], transport: Transport,
-               renderer: Renderer, now: Callable[[], datetime]) -> SendReport:
+               renderer: Renderer, now: Callable[[], datetime], journal: AttemptJournal) -> SendReport:
+    """Send the queued messages among ``message_ids``, ``settings.send_chunk`` claims per commit.
+
+    Bind ``session`` to one ``Connection`` for the batch (as ``tasks`` does) so
+    that commits do not check a connection out of the pool each time.
+    """
     report = SendReport()
     batch = _Batch(session, message_ids)
     report.ignored = len(set(message_ids)) - len(batch.messages)
-    pending: list[Callable[[], None]] = []  # the previous message's outcome, written with the next claim
+    pending: list[Callable[[], None]] = []  # rare outcomes, written in the transaction of the next claim
+    sent_rows: list[dict] = []  # the common outcome, written in one statement
 
     def flush() -> None:
+        if sent_rows:
+            session.connection().execute(_SENT, sent_rows)
+            sent_rows.clear()
         for write in pending:
             write()
         pending.clear()
 
-    for index, message in enumerate(batch.messages):
-        lead = batch.leads[message.lead_id]
-        step = batch.steps[message.step_id]
-        try:
-            variant, subject, data = _compose(settings, batch, renderer, message, lead, step, now())
-        except Exception as exc:  # a template that passed load-time checks but fails for this lead
-            log.exception("rendering message %s failed", message.id)
-            pending.append(lambda m=message, e=exc: _fail(session, m.id, f"render error: {type(e).__name__}: {e}"))
-            report.failed += 1
-            continue
+    messages = batch.messages
+    for start in range(0, len(messages), settings.send_chunk):
+        composed: dict[int, tuple] = {}
+        for message in messages[start:start + settings.send_chunk]:
+            lead = batch.leads[message.lead_id]
+            try:
+                composed[message.id] = (message, lead, *_compose(settings, batch, renderer, message, lead,
+                                                                 batch.steps[message.step_id], now()))
+            except Exception as exc:  # a template that passed load-time checks but fails for this lead
+                log.exception("rendering message %s failed", message.id)
+                pending.append(lambda m=message, e=exc: _fail(session, m.id, f"render error: {type(e).__name__}: {e}"))
+                report.failed += 1
         flush()
-        claimed = _claim(session, settings, message, lead, variant, subject, now())
-        session.commit()
-        if not claimed:
-            _explain_unclaimed(session, message, lead, now(), report)
-            session.commit()
-            continue
-        try:
-            answer = transport.send(settings.from_address, ascii_address(lead.email), data)
-        except TransientSendError as exc:
-            pending.append(lambda m=message, e=exc: _retry_or_fail(session, settings, m, e, now(), report))
-            if exc.code is None:  # the server cannot be reached: leave the rest for a later attempt
-                flush()
-                _postpone(session, [m.id for m in batch.messages[index + 1:]], now() + timedelta(seconds=RETRY_DELAYS[0]))
-                report.errors.append(str(exc))
-                break
-            continue
-        except PermanentSendError as exc:
-            pending.append(lambda m=message, l=lead, e=exc: _permanent(session, m, l, e, now(), report))
-            continue
-        except UnknownOutcomeError as exc:
-            pending.append(lambda m=message, e=exc: _fail(session, m.id, f"{e}; may have been delivered, not sent again"))
-            report.failed += 1
-            continue
-        pending.append(lambda m=message, a=answer: _sent(session, m.id, a, now()))
-        report.sent += 1
+        claimed = _claim(session, settings, composed, now())
+        session.commit()  # every claimed message is "sending" before its SMTP transaction starts
+        for message_id, (message, lead, *_rest) in composed.items():
+            if message_id not in claimed:
+                _explain_unclaimed(session, message, lead, now(), report)
+                session.commit()
+        order = [composed[i] for i in sorted(claimed)]
+        for index, (message, lead, _variant, _subject, data) in enumerate(order):
+            if index and not _still_sendable(session, message, lead, now()):
+                # Suppressed, stopped or paused since the chunk was claimed: undo the claim and
+                # settle it as if the claim had failed (cancelled, or deferred while paused).
+                pending.append(lambda m=message: _requeue(session, m.id, now()))
+                pending.append(lambda m=message, l=lead: _explain_unclaimed(session, m, l, now(), report))
+                continue
+            journal.started(message.id)
+            try:
+                answer = transport.send(settings.from_address, ascii_address(lead.email), data)
+            except TransientSendError as exc:
+                journal.finished(message.id, "retry", str(exc))
+                pending.append(lambda m=message, e=exc: _retry_or_fail(session, settings, m, e, now(), report))
+                if exc.code is None:  # the server cannot be reached: give the rest back for later
+                    until = now() + timedelta(seconds=RETRY_DELAYS[0])
+                    for m, *_ in order[index + 1:]:
+                        pending.append(lambda m=m: _requeue(session, m.id, until))
+                    flush()
+                    _postpone(session, [m.id for m in messages[start + settings.send_chunk:]], until)
+                    session.commit()
+                    report.errors.append(str(exc))
+                    return report
+                continue
+            except PermanentSendError as exc:
+                journal.finished(message.id, "failed", str(exc))
+                pending.append(lambda m=message, l=lead, e=exc: _permanent(session, m, l, e, now(), report))
+                continue
+            except UnknownOutcomeError as exc:
+                pending.append(lambda m=message, e=exc: _fail(session, m.id, f"{e}; may have been delivered, not sent again"))
+                report.failed += 1
+                continue
+            journal.finished(message.id, "sent", answer)
+            sent_rows.append(_sent_row(message.id, answer, now()))
+            report.sent += 1
     flush()
     session.commit()
     return report
@@ -185,20 +214,48 @@ def _compose(settings, batch: _Batch, renderer: Renderer, message: Message, lead
     return variant, rendered.subject, data
 
 
-def _claim(session: Session, settings: Settings, message: Message, lead: Lead, variant: int, subject: str, at: datetime) -> bool:
-    """queued -> sending, only if nothing forbids sending right now."""
-    sendable = sa.and_(
-        Message.id == message.id,
-        Message.status == "queued",
-        ~sa.exists().where(Suppression.email == lead.email),
-        sa.exists().where(Lead.id == message.lead_id, Lead.status.in_(SENDABLE_LEAD_STATUSES),
-                          sa.or_(Lead.paused_until.is_(None), Lead.paused_until <= at)),
-        sa.exists().where(Enrollment.id == message.enrollment_id, Enrollment.status.in_(("active", "completed"))),
+_message = Message.__table__
+_lead = Lead.__table__
+_CLAIM = (
+    sa.update(_message)
+    .where(
+        _message.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+        _message.c.status == "queued",
+        ~sa.exists().where(Suppression.__table__.c.email == _lead.c.email, _lead.c.id == _message.c.lead_id),
+        sa.exists().where(_lead.c.id == _message.c.lead_id, _lead.c.status.in_(SENDABLE_LEAD_STATUSES),
+                          sa.or_(_lead.c.paused_until.is_(None), _lead.c.paused_until <= sa.bindparam("b_at"))),
+        sa.exists().where(Enrollment.__table__.c.id == _message.c.enrollment_id,
+                          Enrollment.__table__.c.status.in_(("active", "completed"))),
     )
-    result = session.execute(sa.update(Message).where(sendable).values(
-        status="sending", attempts=Message.attempts + 1, variant=variant, subject=subject,
-        available_at=at + timedelta(seconds=settings.lease_seconds)))
-    return result.rowcount == 1
+    .values(status="sending", attempts=_message.c.attempts + 1, available_at=sa.bindparam("b_lease_end"))
+    .returning(_message.c.id)
+)
+_STILL_SENDABLE = sa.select(sa.literal(1)).where(
+    ~sa.exists().where(Suppression.__table__.c.email == sa.bindparam("b_email")),
+    sa.exists().where(_lead.c.id == sa.bindparam("b_lead"), _lead.c.status.in_(SENDABLE_LEAD_STATUSES),
+                      sa.or_(_lead.c.paused_until.is_(None), _lead.c.paused_until <= sa.bindparam("b_at"))),
+    sa.exists().where(Enrollment.__table__.c.id == sa.bindparam("b_enrollment"),
+                      Enrollment.__table__.c.status.in_(("active", "completed"))),
+)
+_CHOICE = sa.update(_message).where(_message.c.id == sa.bindparam("b_id")).values(
+    variant=sa.bindparam("b_variant"), subject=sa.bindparam("b_subject"))
+_SENT = (
+    sa.update(_message).where(_message.c.id == sa.bindparam("b_id"))
+    .values(status="sent", sent_at=sa.bindparam("b_at"), smtp_code=sa.bindparam("b_code"),
+            smtp_response=sa.bindparam("b_response"), error="", available_at=None)
+)
+
+
+def _claim(session: Session, settings: Settings, composed: dict[int, tuple], at: datetime) -> set[int]:
+    """queued -> sending for the messages nothing forbids right now (suppression, lead, enrollment)."""
+    if not composed:
+        return set()
+    connection = session.connection()
+    claimed = set(connection.execute(_CLAIM, {"b_ids": list(composed), "b_at": at,
+                                              "b_lease_end": at + timedelta(seconds=settings.lease_seconds)}).scalars())
+    if claimed:
+        connection.execute(_CHOICE, [{"b_id": i, "b_variant": composed[i][2], "b_subject": composed[i][3]} for i in claimed])
+    return claimed
 
 
 def _explain_unclaimed(session: Session, message: Message, lead: Lead, at: datetime, report: SendReport) -> None:
@@ -218,10 +275,21 @@ def _explain_unclaimed(session: Session, message: Message, lead: Lead, at: datet
     session.add(current)
 
 
-def _sent(session: Session, message_id: int, answer: str, at: datetime) -> None:
-    session.execute(sa.update(Message).where(Message.id == message_id).values(
-        status="sent", sent_at=at, smtp_code=int(answer[:3]) if answer[:3].isdigit() else None,
-        smtp_response=answer[:1000], error="", available_at=None))
+def _still_sendable(session: Session, message: Message, lead: Lead, at: datetime) -> bool:
+    """The claim's checks again, read-only, right before the SMTP transaction."""
+    return session.connection().execute(_STILL_SENDABLE, {
+        "b_email": lead.email, "b_lead": lead.id, "b_enrollment": message.enrollment_id, "b_at": at}).first() is not None
+
+
+def _sent_row(message_id: int, answer: str, at: datetime) -> dict:
+    return {"b_id": message_id, "b_at": at, "b_response": answer[:1000],
+            "b_code": int(answer[:3]) if answer[:3].isdigit() else None}
+
+
+def _requeue(session: Session, message_id: int, until: datetime) -> None:
+    """A claimed message that was never handed over goes back to the queue (not an attempt)."""
+    session.execute(sa.update(Message).where(Message.id == message_id, Message.status == "sending").values(
+        status="queued", attempts=Message.attempts - 1, available_at=until))
 
 
 def _fail(session: Session, message_id: int, error: str) -> None:

@@ -11,8 +11,10 @@ from dataclasses import asdict
 
 from sqlmodel import Session
 
+from .attempt_journal import AttemptJournal
 from .config import Settings
 from .db import engine_for
+from .queues import redis_connection
 from .rendering import Renderer
 from .sending import send_batch
 from .transports import SmtpTransport
@@ -20,9 +22,17 @@ from .transports import SmtpTransport
 _renderer = Renderer()  # parsed templates outlive a job in a SimpleWorker
 
 
+def attempt_journal(settings: Settings) -> AttemptJournal:
+    return AttemptJournal(redis_connection(settings), settings.queue_name, ttl=3 * settings.lease_seconds + 3600)
+
+
 def send_messages(message_ids: list[int]) -> dict:
     settings = Settings.from_env()
-    with Session(engine_for(settings.database_url), expire_on_commit=False) as session, \
+    # One connection for the whole batch: it commits once per message, and a pool
+    # checkout (with its pre-ping) per commit cost more than the commit itself.
+    with engine_for(settings.database_url).connect() as connection, \
+            Session(bind=connection, expire_on_commit=False) as session, \
             SmtpTransport(settings.smtp) as transport:
-        report = send_batch(session, settings, message_ids, transport, _renderer, settings.clock.now)
+        report = send_batch(session, settings, message_ids, transport, _renderer, settings.clock.now,
+                            attempt_journal(settings))
     return asdict(report)

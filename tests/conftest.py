@@ -50,6 +50,7 @@ from nurture.loading import load_campaigns
 from nurture.models import Enrollment, Lead, Message, User
 from nurture.queues import enqueue_send_batches
 from nurture.scheduling import run_tick
+from nurture.tasks import attempt_journal
 
 REPO = PROJECT_ROOT
 CAMPAIGNS_DIR = REPO / "campaigns"
@@ -390,7 +391,7 @@ class Nurture:
 
     def tick(self, enqueue: Callable[[list[int]], None] | None = None):
         with self.session() as s:
-            return run_tick(s, self.settings, self.now, enqueue or self.enqueue)
+            return run_tick(s, self.settings, self.now, enqueue or self.enqueue, attempt_journal(self.settings))
 
     def work(self) -> None:
         """Run the real RQ worker in burst mode, in this process."""
@@ -527,7 +528,7 @@ subjects:
 
 LINKS_SEQUENCE = """\
 key: {key}
-name: {name}
+name: "{name}"
 timezone: Europe/Moscow
 exit_on:
   reply: true

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -120,7 +121,9 @@ def test_worker_killed_mid_batch_sends_nothing_twice_and_loses_no_step(team, mon
     received_at_kill = len(n.smtp.messages)
     assert 12 <= received_at_kill < count, (n.tmp_path / "worker1.log").read_text()
     statuses = Counter(m.status for m in n.messages())
-    assert statuses["sending"] <= 1 and statuses["queued"] > 0
+    # Claims are made a chunk at a time; the attempt journal in Redis tells recovery
+    # which of the claimed messages were handed over and which never were.
+    assert statuses["sending"] <= n.settings.send_chunk and statuses["queued"] > 0
 
     # A later tick (past the lease) takes the work up again; a new worker finishes it.
     later = first_tick + timedelta(seconds=n.settings.lease_seconds + 1)
@@ -128,7 +131,8 @@ def test_worker_killed_mid_batch_sends_nothing_twice_and_loses_no_step(team, mon
     n.smtp.delay = 0
     proc = n.cli("scheduler", "--once", "--now", iso(later), check=True)
     assert f"expired {statuses['sending']}" in proc.stdout
-    assert f"requeued {statuses['queued']}" in proc.stdout
+    requeued = int(re.search(r"requeued (\d+)", proc.stdout).group(1))
+    assert statuses["queued"] <= requeued <= statuses["queued"] + statuses["sending"]
     n.cli("worker", "--burst", check=True)
 
     messages = n.messages()

@@ -20,6 +20,7 @@ from nurture.models import EmailTemplate, Enrollment, Event, Lead, Message, Sequ
 from nurture.rendering import Renderer
 from nurture.scheduling import claim_due
 from nurture.sending import send_batch
+from nurture.tasks import attempt_journal
 from nurture.signing import verify
 from nurture.suppression import suppress
 
@@ -419,7 +420,8 @@ def test_message_left_sending_past_its_lease_is_failed_not_resent(team):
     transport = DyingTransport(n.settings.smtp)
     try:
         with n.session() as s:
-            send_batch(s, n.settings, [message.id], transport, Renderer(), n.settings.clock.now)
+            send_batch(s, n.settings, [message.id], transport, Renderer(), n.settings.clock.now,
+                       attempt_journal(n.settings))
     except SystemExit:
         pass
     finally:
@@ -512,3 +514,56 @@ def test_suppressing_the_punycode_spelling_of_an_idn_address_stops_its_lead(team
     assert n.smtp.messages == []
     assert n.lead("ivan@пример.рф").status == "unsubscribed"
     assert [m.status for m in n.messages()] == ["cancelled"]
+
+
+class FailingAfterTransport:
+    """Hands over ``limit`` messages, then the process 'dies' as the next SMTP transaction starts."""
+
+    def __init__(self, smtp_settings, limit):
+        from nurture.transports import SmtpTransport
+
+        self.inner, self.limit, self.count = SmtpTransport(smtp_settings), limit, 0
+
+    def send(self, sender, recipient, data):
+        if self.count == self.limit:
+            raise SystemExit("killed")
+        self.count += 1
+        return self.inner.send(sender, recipient, data)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_recovery_reads_the_attempt_journal_for_a_chunk_claimed_by_a_dead_worker(team):
+    n = team
+    n.load_campaigns()
+    n.import_csv("email,timezone\n" + "".join(f"lead{i}@example.com,Europe/Moscow\n" for i in range(5)))
+    n.enroll()
+    for i in range(5):
+        at_due(n, f"lead{i}@example.com")
+    n.tick(enqueue=lambda ids: None)
+    ids = [m.id for m in n.messages()]
+    assert len(ids) == 5
+    transport = FailingAfterTransport(n.settings.smtp, limit=2)
+    try:
+        with n.session() as s:
+            send_batch(s, n.settings, ids, transport, Renderer(), n.settings.clock.now, attempt_journal(n.settings))
+    except SystemExit:
+        pass
+    finally:
+        transport.close()
+    # The whole chunk was claimed; two were handed over, their outcome never reached the database.
+    assert len(n.smtp.messages) == 2
+    assert {m.status for m in n.messages()} == {"sending"}
+    n.advance(seconds=n.settings.lease_seconds + 1)
+    report = n.tick()
+    # Answered: recorded as sent. Journaled as started, no answer (the process died inside
+    # the transaction): the one ambiguous message, failed, never resent. Never handed over:
+    # queued again.
+    assert report.expired == 5 and report.requeued == 2
+    by_status = Counter(m.status for m in n.messages())
+    assert by_status == {"sent": 2, "failed": 1, "queued": 2}
+    n.work()
+    received = Counter(raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for _, _, raw in n.smtp.messages)
+    assert len(received) == 4 and set(received.values()) == {1}
+    assert Counter(m.status for m in n.messages()) == {"sent": 4, "failed": 1}
