@@ -587,11 +587,15 @@ def breakdown(args, settings, env: dict[str, str], sink: c.SmtpSink) -> None:
                 t[2] += time.thread_time() - c0
         return wrapper
 
-    patches = [(sending, "_compose"), (sending, "_claim"), (sending, "_sent"), (sending, "_Batch"),
-               (sqlmodel.Session, "commit"), (transports.SmtpTransport, "send")]
-    labels = {"_compose": "render + build MIME (_compose)", "_claim": "claim UPDATE (_claim)",
-              "_sent": "record sent UPDATE (_sent)", "_Batch": "load batch rows (_Batch)",
-              "commit": "COMMIT (one per message)", "send": "SMTP MAIL/RCPT/DATA (transport.send)"}
+    from nurture import attempt_journal
+
+    patches = [(sending, "_compose"), (sending, "_claim"), (sending, "_still_sendable"), (sending, "_Batch"),
+               (sqlmodel.Session, "commit"), (transports.SmtpTransport, "send"),
+               (attempt_journal.AttemptJournal, "started"), (attempt_journal.AttemptJournal, "forget")]
+    labels = {"_compose": "render + build MIME (_compose)", "_claim": "claim a chunk (_claim)",
+              "_still_sendable": "re-check before SMTP (_still_sendable)", "_Batch": "load batch rows (_Batch)",
+              "commit": "COMMIT (one per chunk)", "send": "SMTP MAIL/RCPT/DATA (transport.send)",
+              "started": "journal the attempt in Redis (started)", "forget": "drop journal entries (forget)"}
     saved = [(obj, name, getattr(obj, name)) for obj, name in patches]
     old_environ = dict(os.environ)
     os.environ.update({**env, "NURTURE_SMTP_URL": sink.url})

@@ -350,4 +350,6 @@ def expire_sending(session: Session, now: datetime, journal: AttemptJournal | No
             values.update(status="failed", error=UNKNOWN_OUTCOME)
         session.execute(sa.update(Message).where(Message.id == message_id, Message.status == "sending").values(**values))
     session.commit()
+    if journal:
+        journal.forget(ids)
     return len(ids)

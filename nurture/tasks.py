@@ -23,7 +23,7 @@ _renderer = Renderer()  # parsed templates outlive a job in a SimpleWorker
 
 
 def attempt_journal(settings: Settings) -> AttemptJournal:
-    return AttemptJournal(redis_connection(settings), settings.queue_name, ttl=3 * settings.lease_seconds + 3600)
+    return AttemptJournal(redis_connection(settings), settings.queue_name)
 
 
 def send_messages(message_ids: list[int]) -> dict:
