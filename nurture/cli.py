@@ -293,6 +293,90 @@ def suppress_list(as_json) -> None:
         click.echo(f"{row.email}\t{row.reason}\t{row.created_at:%Y-%m-%d %H:%M}\t{row.note}")
 
 
+# --- inbound mail, events, figures ------------------------------------------------------------
+
+@cli.group(cls=NurtureGroup)
+def inbox() -> None:
+    """Replies, auto-replies, bounces and complaints."""
+
+
+@inbox.command("poll")
+@now_option
+def inbox_poll(now) -> None:
+    """Read new mail from NURTURE_IMAP_URL and process it."""
+    from .imap_poll import poll
+
+    settings = settings_for(now)
+    with open_session(settings) as session:
+        report = poll(session, settings, settings.clock.now())
+    click.echo(f"found {report.found}, processed {report.processed}, duplicates {report.duplicates}, failed {report.failed}")
+
+
+@inbox.command("classify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@now_option
+def inbox_classify(files, now) -> None:
+    """Print the verdict for each message as one JSON line; touches no database."""
+    from dataclasses import asdict
+
+    from .classification import classify
+
+    today = settings_for(now).clock.now().date()
+    for path in files:
+        verdict = classify(Path(path).read_bytes(), today)
+        document = {"file": path, **asdict(verdict)}
+        document["return_date"] = verdict.return_date.isoformat() if verdict.return_date else None
+        click.echo(json.dumps(document, ensure_ascii=False))
+
+
+@cli.group(cls=NurtureGroup)
+def events() -> None:
+    """Tracking events."""
+
+
+@events.command("drain")
+def events_drain() -> None:
+    """Move tracking hits from Redis into the database now (the scheduler does this every tick)."""
+    from .event_stream import drain, stream_key
+    from .queues import redis_connection
+    from .reactions import on_tracking_events
+
+    settings = settings_for()
+    connection = redis_connection(settings)
+    total = 0
+    with open_session(settings) as session:
+        while stored := drain(session, connection, stream_key(settings.queue_name), f"cli-{os.getpid()}",
+                              on_events=lambda s, e: on_tracking_events(s, e, settings.clock.now())):
+            total += stored
+    click.echo(f"stored {total} event(s)")
+
+
+@cli.command("stats")
+@click.option("--sequence", "sequence_key")
+@click.option("--json", "as_json", is_flag=True)
+def stats_command(sequence_key, as_json) -> None:
+    """Per step and variant: sent, human opens and clicks, replies, unsubscribes (machine events apart)."""
+    from .stats import step_figures
+
+    settings = settings_for()
+    with open_session(settings) as session:
+        figures = step_figures(session, sequence_key)
+    if as_json:
+        click.echo(json.dumps([f.as_dict() for f in figures], ensure_ascii=False))
+        return
+    table = Table()
+    for column in ("sequence", "step", "var", "sent", "bounced", "opens", "machine", "clicks", "machine",
+                   "replies", "unsub", "open %", "click %", "reply %"):
+        table.add_column(column)
+    for f in figures:
+        rates = f.rates()
+        table.add_row(f.sequence, f.step, str(f.variant), str(f.sent), str(f.bounced), str(f.human_opens),
+                      str(f.machine_opens), str(f.human_clicks), str(f.machine_clicks), str(f.replies),
+                      str(f.unsubscribes), f"{rates['open_rate']:.1%}", f"{rates['click_rate']:.1%}",
+                      f"{rates['reply_rate']:.1%}")
+    Console().print(table)
+
+
 # --- processes --------------------------------------------------------------------------------
 
 @cli.command("scheduler")

@@ -80,7 +80,8 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=lambda: SmtpSettings("127.0.0.1", 1025))  # NURTURE_SMTP_URL
     from_address: str = "nurture@example.com"  # NURTURE_FROM ("Name <addr>" or addr)
     from_name: str = "nurture"
-    base_url: str = "http://127.0.0.1:5000"  # NURTURE_BASE_URL
+    base_url: str = "http://127.0.0.1:5000"  # NURTURE_BASE_URL: where nurture's own pages are (tracking, unsubscribe)
+    site_url: str = "https://example.com"  # NURTURE_SITE_URL: the company's website, where call-to-action links lead
     secret_key: str = DEV_SECRET_KEY  # NURTURE_SECRET_KEY
     postal_address: str = "nurture demo, 1 Example Street, Springfield"  # NURTURE_POSTAL_ADDRESS
     default_timezone: str = "UTC"  # NURTURE_DEFAULT_TIMEZONE: when neither lead nor sequence has one
@@ -126,6 +127,7 @@ class Settings:
             "NURTURE_DATABASE_URL": "database_url",
             "NURTURE_REDIS_URL": "redis_url",
             "NURTURE_BASE_URL": "base_url",
+            "NURTURE_SITE_URL": "site_url",
             "NURTURE_SECRET_KEY": "secret_key",
             "NURTURE_POSTAL_ADDRESS": "postal_address",
             "NURTURE_DEFAULT_TIMEZONE": "default_timezone",
@@ -176,8 +178,9 @@ class Settings:
                 "NURTURE_SECRET_KEY: set a random secret of at least 32 characters outside dev "
                 "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"NURTURE_BASE_URL: {self.base_url!r} must start with http:// or https://")
+        for name, url in (("NURTURE_BASE_URL", self.base_url), ("NURTURE_SITE_URL", self.site_url)):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{name}: {url!r} must start with http:// or https://")
         if self.imap_url and not self.imap_url.startswith(("imap://", "imaps://")):
             raise ConfigError(f"NURTURE_IMAP_URL: {self.imap_url!r} must start with imap:// or imaps://")
         if self.inbound_secret is not None and len(self.inbound_secret) < 16:

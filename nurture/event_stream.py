@@ -8,11 +8,16 @@ takes them over (XAUTOCLAIM) after ``CLAIM_IDLE_MS``. Each event stores its
 stream entry id as ``source_id`` (unique), so an entry written twice is stored
 once: at least once in, exactly once stored. If Redis cannot be reached, the
 hit is written straight to the database instead; it is never dropped.
+
+The stream is ``nurture:events:<queue name>``: installations sharing a Redis
+keep apart. Scanner detection looks at a message's clicks as a whole: a trap
+click or a burst flags the clicks around it, including ones stored earlier.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Callable
@@ -21,56 +26,58 @@ import redis
 from sqlmodel import Session, select
 
 from .clock import parse_instant
-from .machine_detection import BURST_SECONDS, judge
+from .machine_detection import BURST_LINKS, BURST_SECONDS, TRAP_WINDOW_SECONDS, judge
 from .models import Event, Message
 from .tracking import TRAP_URL
 
 log = logging.getLogger(__name__)
-STREAM = "nurture:events"
 GROUP = "nurture-drain"
 CLAIM_IDLE_MS = 60_000
+OnEvents = Callable[[Session, list[Event]], None]
 
 
-def publish(connection: redis.Redis, hit: dict[str, str]) -> str:
-    return connection.xadd(STREAM, hit).decode()
+def stream_key(namespace: str) -> str:
+    return f"nurture:events:{namespace}"
 
 
-def ensure_group(connection: redis.Redis) -> None:
+def publish(connection: redis.Redis, stream: str, hit: dict[str, str]) -> str:
+    return connection.xadd(stream, hit).decode()
+
+
+def ensure_group(connection: redis.Redis, stream: str) -> None:
     try:
-        connection.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        connection.xgroup_create(stream, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
 
 
-def drain(session: Session, connection: redis.Redis, consumer: str, count: int = 2000,
-          on_events: Callable[[Session, list[Event]], None] | None = None) -> int:
+def drain(session: Session, connection: redis.Redis, stream: str, consumer: str, count: int = 2000,
+          on_events: OnEvents | None = None) -> int:
     """Move up to ``count`` hits from the stream into the database; return how many were stored."""
-    ensure_group(connection)
+    ensure_group(connection, stream)
     entries = []
-    _next, claimed, *_ = connection.xautoclaim(STREAM, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)
+    _next, claimed, *_ = connection.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)
     entries += [(entry_id, fields) for entry_id, fields in claimed if fields]
     if len(entries) < count:
-        for _stream, items in connection.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=count - len(entries)) or []:
+        for _stream, items in connection.xreadgroup(GROUP, consumer, {stream: ">"}, count=count - len(entries)) or []:
             entries += items
     if not entries:
         return 0
     hits = [(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for entry_id, fields in entries]
     stored = store_hits(session, hits, on_events)
     ids = [entry_id for entry_id, _ in hits]
-    connection.xack(STREAM, GROUP, *ids)
-    connection.xdel(STREAM, *ids)
+    connection.xack(stream, GROUP, *ids)
+    connection.xdel(stream, *ids)
     return stored
 
 
-def store_hits(session: Session, hits: list[tuple[str, dict[str, str]]],
-               on_events: Callable[[Session, list[Event]], None] | None = None) -> int:
+def store_hits(session: Session, hits: list[tuple[str, dict[str, str]]], on_events: OnEvents | None = None) -> int:
     """Judge and store hits (``source_id`` dedupes); commit; return the number of new events."""
     known = set(session.exec(select(Event.source_id).where(Event.source_id.in_([sid for sid, _ in hits]))).all())
     hits = [(sid, hit) for sid, hit in hits if sid not in known and hit.get("message_id", "").isdigit()]
     messages = {m.id: m for m in session.exec(
         select(Message).where(Message.id.in_({int(hit["message_id"]) for _, hit in hits})))}
-    history = _recent_clicks(session, list(messages))
     events = []
     for source_id, hit in sorted(hits, key=lambda item: item[1].get("at", "")):
         message = messages.get(int(hit["message_id"]))
@@ -78,15 +85,8 @@ def store_hits(session: Session, hits: list[tuple[str, dict[str, str]]],
             continue
         at = parse_instant(hit["at"])
         url = hit.get("url", "")
-        trap = url == TRAP_URL
-        burst = 0
-        if hit["kind"] == "click":
-            history[message.id].append((at, url))
-            burst = len({u for t, u in history[message.id] if abs((t - at).total_seconds()) <= BURST_SECONDS})
         seconds = (at - message.sent_at).total_seconds() if message.sent_at else None
-        machine, reasons = judge(hit["kind"], hit.get("method", "GET"), hit.get("ua", ""), seconds, trap=trap,
-                                 trap_clicked=any(u == TRAP_URL for _, u in history[message.id]),
-                                 distinct_links_in_burst=burst)
+        machine, reasons = judge(hit["kind"], hit.get("method", "GET"), hit.get("ua", ""), seconds, trap=url == TRAP_URL)
         data = {"reasons": reasons, "user_agent": hit.get("ua", "")[:300], "ip": hit.get("ip", "")}
         if url:
             data["url"] = url[:2000]
@@ -94,33 +94,49 @@ def store_hits(session: Session, hits: list[tuple[str, dict[str, str]]],
                             occurred_at=at, source_id=source_id, data=data))
     session.add_all(events)
     session.flush()
+    _flag_scanner_clicks(session, {e.message_id for e in events if e.kind == "click"})
     if on_events:
         on_events(session, events)
     session.commit()
     return len(events)
 
 
-def _recent_clicks(session: Session, message_ids: list[int]) -> dict[int, list[tuple[datetime, str]]]:
-    history: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
-    for message_id, occurred_at, data in session.exec(
-        select(Event.message_id, Event.occurred_at, Event.data).where(
-            Event.message_id.in_(message_ids), Event.kind == "click")
-    ):
-        history[message_id].append((occurred_at, (data or {}).get("url", "")))
-    return history
+def _flag_scanner_clicks(session: Session, message_ids: set[int]) -> None:
+    """Mark as machine every click near a trap click or inside a burst, before or after it."""
+    if not message_ids:
+        return
+    clicks: dict[int, list[Event]] = defaultdict(list)
+    for event in session.exec(select(Event).where(Event.message_id.in_(message_ids), Event.kind == "click")):
+        clicks[event.message_id].append(event)
+    for events in clicks.values():
+        traps = [e.occurred_at for e in events if (e.data or {}).get("url") == TRAP_URL]
+        for event in events:
+            if event.is_machine:
+                continue
+            if any(abs((event.occurred_at - t).total_seconds()) <= TRAP_WINDOW_SECONDS for t in traps):
+                reason = "a click on the hidden trap link of this message came with it"
+            else:
+                near = {(e.data or {}).get("url") for e in events
+                        if abs((e.occurred_at - event.occurred_at).total_seconds()) <= BURST_SECONDS}
+                if len(near) < BURST_LINKS:
+                    continue
+                reason = f"{len(near)} links of the message clicked within {BURST_SECONDS:g} s"
+            event.is_machine = True
+            event.data = {**(event.data or {}), "reasons": [reason]}
+            session.add(event)
+    session.flush()
 
 
-def record(connection: redis.Redis | None, database_url: str, hit: dict[str, str]) -> None:
+def record(connection: redis.Redis | None, stream: str, database_url: str, hit: dict[str, str],
+           on_events: OnEvents | None = None) -> None:
     """Publish a hit; if Redis fails, store it directly. Raises only if both fail."""
     try:
         if connection is None:
             raise redis.ConnectionError("no Redis configured")
-        publish(connection, hit)
+        publish(connection, stream, hit)
     except redis.RedisError as exc:
-        import uuid
-
         from .db import engine_for
 
         log.warning("Redis unavailable (%s); storing a %s event directly", exc, hit.get("kind"))
         with Session(engine_for(database_url), expire_on_commit=False) as session:
-            store_hits(session, [(f"direct-{uuid.uuid4().hex}", hit)])
+            store_hits(session, [(f"direct-{uuid.uuid4().hex}", hit)], on_events)

@@ -13,9 +13,11 @@ in order (the first that applies decides):
   Protection fetches every image through its proxy when the mail arrives;
 - an open within ``OPEN_PREFETCH_SECONDS`` or a click within
   ``CLICK_SCAN_SECONDS`` of sending: no person is that fast; gateways are;
-- a click on a message whose trap link was clicked, or one of
-  ``BURST_LINKS`` or more different links of a message clicked within
-  ``BURST_SECONDS``: a scanner following every link.
+- a click within ``TRAP_WINDOW_SECONDS`` of a click on the message's trap
+  link, or one of ``BURST_LINKS`` or more different links of a message clicked
+  within ``BURST_SECONDS``: a scanner following every link. These look at the
+  message's clicks as a whole, before and after (``event_stream``), since a
+  scanner reaches the trap, placed last, after the real links.
 
 Gmail's image proxy (``GoogleImageProxy``) fetches when the person opens the
 mail, so it counts as human.
@@ -29,6 +31,7 @@ OPEN_PREFETCH_SECONDS = 2.0
 CLICK_SCAN_SECONDS = 10.0
 BURST_LINKS = 3
 BURST_SECONDS = 5.0
+TRAP_WINDOW_SECONDS = 60.0
 _MACHINE_AGENTS = re.compile(
     r"bot\b|crawler|spider|scanner|barracuda|mimecast|proofpoint|symantec|messagelabs|forcepoint|"
     r"trendmicro|sophos|fortinet|cisco|ironport|safelinks|defender|linkpreview|preview|"
@@ -38,9 +41,9 @@ _MACHINE_AGENTS = re.compile(
 )
 
 
-def judge(kind: str, method: str, user_agent: str, seconds_after_send: float | None, trap: bool = False,
-          trap_clicked: bool = False, distinct_links_in_burst: int = 0) -> tuple[bool, list[str]]:
-    """(is_machine, reasons) for one open or click."""
+def judge(kind: str, method: str, user_agent: str, seconds_after_send: float | None,
+          trap: bool = False) -> tuple[bool, list[str]]:
+    """(is_machine, reasons) for one open or click on its own (the trap and burst rules look at a message's clicks together)."""
     agent = (user_agent or "").strip()
     if method.upper() == "HEAD":
         return True, ["HEAD request"]
@@ -56,8 +59,4 @@ def judge(kind: str, method: str, user_agent: str, seconds_after_send: float | N
         limit = OPEN_PREFETCH_SECONDS if kind == "open" else CLICK_SCAN_SECONDS
         if 0 <= seconds_after_send < limit:
             return True, [f"{seconds_after_send:.1f} s after sending (under {limit:g} s)"]
-    if kind == "click" and trap_clicked:
-        return True, ["the trap link of this message was clicked"]
-    if kind == "click" and distinct_links_in_burst >= BURST_LINKS:
-        return True, [f"{distinct_links_in_burst} links of the message clicked within {BURST_SECONDS:g} s"]
     return False, []

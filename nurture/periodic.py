@@ -15,7 +15,7 @@ import redis
 from sqlmodel import Session
 
 from .config import Settings
-from .event_stream import drain
+from .event_stream import drain, stream_key
 from .reactions import on_tracking_events
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,11 @@ class Periodic:
         lines = []
         stored = 0
         try:
-            while batch := drain(session, self.connection, self.consumer,
+            while batch := drain(session, self.connection, stream_key(self.settings.queue_name), self.consumer,
                                  on_events=lambda s, e: on_tracking_events(s, e, self.settings.clock.now())):
                 stored += batch
-        except redis.RedisError as exc:
+        except Exception as exc:  # Redis or the database: retried next tick; sending goes on
+            session.rollback()
             log.warning("draining events failed: %s", exc)
         if stored:
             lines.append(f"stored {stored} tracking event(s)")

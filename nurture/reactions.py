@@ -44,8 +44,9 @@ def _active_enrollments(session: Session, lead_ids: list[int], flag) -> list[int
 def on_reply(session: Session, lead: Lead, from_address: str, now: datetime) -> list[str]:
     """Mark the lead replied and exit its sequences that stop on reply (and domain rules)."""
     actions = []
-    lead.status, lead.paused_until, lead.updated_at = "replied", None, now
-    session.add(lead)
+    if lead.status in ("active", "paused", "replied"):  # an unsubscribed or bounced lead stays so
+        lead.status, lead.paused_until, lead.updated_at = "replied", None, now
+        session.add(lead)
     exited = _exit(session, _active_enrollments(session, [lead.id], Sequence.exit_on_reply), "replied", now)
     actions.append(f"lead {lead.email} replied; {exited} sequence(s) stopped")
     domain = (from_address or lead.email).rpartition("@")[2].lower()

@@ -9,7 +9,7 @@ render context does not have) raises ``TemplateError`` naming the file and line:
 templates are rejected when they are loaded, never first at send time.
 
 ``Renderer`` renders a stored template for one lead. It keeps the parsed Jinja
-templates per (template id, version) for the life of the process. Jinja runs
+templates per content checksum for the life of the process. Jinja runs
 sandboxed, with autoescape for HTML and ``StrictUndefined``.
 """
 
@@ -77,6 +77,7 @@ def sample_context() -> dict:
         "unsubscribe_url": "https://example.com/u/token",
         "subject": "Sample subject",
         "base_url": "https://example.com",
+        "site_url": "https://example.com",
     }
 
 
@@ -286,15 +287,15 @@ def _template_line(exc: BaseException) -> int | None:
 
 
 class Renderer:
-    """Renders stored templates; parsed Jinja templates are kept per (id, version)."""
+    """Renders stored templates; parsed Jinja templates are kept per content checksum."""
 
     def __init__(self) -> None:
-        self._bodies: dict[tuple[int, int], tuple[jinja2.Template, jinja2.Template]] = {}
+        self._bodies: dict[str, tuple[jinja2.Template, jinja2.Template]] = {}
         self._subjects: dict[str, jinja2.Template] = {}
 
     def render(self, template, subject_source: str, context: dict) -> Rendered:
         """Render ``template`` (an ``EmailTemplate`` row) with ``subject_source`` for one lead."""
-        key = (template.id, template.version)
+        key = template.checksum  # the content itself: ids and versions repeat across databases
         bodies = self._bodies.get(key)
         if bodies is None:
             bodies = self._bodies[key] = (_html_env.from_string(template.html), _text_env.from_string(template.text))

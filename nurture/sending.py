@@ -84,6 +84,7 @@ def render_context(settings: Settings, lead: Lead, owner: User | None, unsubscri
         "unsubscribe_url": unsubscribe_url,
         "subject": "",
         "base_url": settings.base_url.rstrip("/"),
+        "site_url": settings.site_url.rstrip("/"),
     }
 
 

@@ -4,7 +4,8 @@ Pure functions. Every http(s) link in the HTML and text parts becomes
 ``{base}/c/{token}?u={url}`` where the token signs the message id *and* the
 URL: a click can only ever redirect to a URL that was in that message (no open
 redirect), and a forged or altered token or URL verifies to nothing. The
-unsubscribe link and mailto links are left alone. The open pixel is
+unsubscribe link, links to nurture's own endpoints and mailto links are left
+alone. The open pixel is
 ``{base}/o/{token}.gif``. An invisible "trap" link that no human can see is
 added too: a click on it can only come from a link scanner, which flags the
 other clicks it makes on the same message as machine clicks.
@@ -50,8 +51,10 @@ def rewrite(html: str, text: str, *, base: str, secret: str, message_id: int, ke
     """
     base = base.rstrip("/")
 
+    own = tuple(f"{base}/{path}/" for path in ("u", "c", "o"))
+
     def tracked(url: str) -> str:
-        return url if url.startswith(keep) or url.startswith(base + "/") else click_url(base, secret, message_id, url)
+        return url if url.startswith(keep + own) else click_url(base, secret, message_id, url)
 
     def replace_href(match: re.Match) -> str:
         url = html_lib.unescape(match.group(3))

@@ -15,7 +15,8 @@ import logging
 
 from flask import Blueprint, Response, abort, current_app, redirect, request
 
-from .event_stream import record
+from .event_stream import record, stream_key
+from .reactions import on_tracking_events
 from .tracking import TRAP_URL, verify_click, verify_open
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,20 @@ def _hit(kind: str, message_id: int, url: str = "") -> dict[str, str]:
 
 
 def _record(hit: dict[str, str]) -> None:
+    """Record a hit; never fails the response (the reader must get the pixel or the page)."""
     settings = current_app.config["NURTURE"]
-    record(current_app.extensions.get("nurture_redis"), settings.database_url, hit)
+    try:
+        record(current_app.extensions.get("nurture_redis"), stream_key(settings.queue_name), settings.database_url, hit,
+               on_events=lambda session, events: on_tracking_events(session, events, settings.clock.now()))
+    except Exception:
+        log.exception("could not record a %s of message %s", hit["kind"], hit["message_id"])
 
 
 @blueprint.route("/o/<token>.gif", methods=["GET", "HEAD"])
 def pixel(token: str):
     message_id = verify_open(current_app.config["NURTURE"].secret_key, token)
     if message_id is not None:
-        try:
-            _record(_hit("open", message_id))
-        except Exception:  # the pixel must always load
-            log.exception("could not record an open of message %s", message_id)
+        _record(_hit("open", message_id))
     return Response(PIXEL, mimetype="image/gif", headers=NO_CACHE)
 
 

@@ -587,13 +587,22 @@ def received_by(n: Nurture) -> dict[str, list]:
 
 
 @pytest.fixture
-def event_stream(redis_conn):
-    """The tracking event stream, empty before and deleted after the test."""
-    from nurture.event_stream import STREAM
+def event_stream(settings, redis_conn):
+    """This test's tracking event stream (named after its own queue, so tests running at
+    the same time on the same Redis do not see each other), deleted afterwards."""
+    from nurture.event_stream import stream_key
 
-    redis_conn.delete(STREAM)
-    yield STREAM
-    redis_conn.delete(STREAM)
+    name = stream_key(settings.queue_name)
+    redis_conn.delete(name)
+    yield name
+    redis_conn.delete(name)
+
+
+@pytest.fixture
+def shared_event_stream(event_stream):
+    """The stream other processes of this test (gunicorn, the CLI) use: the same one,
+    since they get this test's NURTURE_QUEUE."""
+    return event_stream
 
 
 class Web:
