@@ -258,6 +258,50 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / CLOCK_TICKS
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a live process (a gunicorn master's workers); [] if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """{pid: (command name, user + system CPU seconds)} of every live process."""
+    snapshot = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rpartition(")")[2].split()
+            snapshot[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return snapshot
+
+
+def top_cpu_users(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  exclude: set[int] = frozenset(), limit: int = 3) -> list[tuple[str, float]]:
+    """The processes (by name, summed) that used the most CPU seconds between two ``cpu_snapshot()``s."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        if pid in exclude:
+            continue
+        delta = seconds - before.get(pid, (name, 0.0))[1]
+        if delta > 0:
+            used[name] = used.get(name, 0.0) + delta
+    return sorted(used.items(), key=lambda kv: -kv[1])[:limit]
+
+
+def cpu_times() -> dict[str, float]:
+    """The machine's CPU seconds since boot by kind (the first line of /proc/stat)."""
+    names = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
+    values = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:1 + len(names)]
+    return {name: int(v) / CLOCK_TICKS for name, v in zip(names, values)}
+
+
 def system_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
