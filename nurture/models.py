@@ -2,7 +2,7 @@
 
 Times are timezone-aware UTC (``UtcDateTime``). Status and kind columns are
 plain strings; their allowed values are the ``*_STATUSES`` / ``*_KINDS`` tuples
-below, which the code checks. Rows that other rows point at (steps, templates,
+below, enforced by CHECK constraints in the schema. Rows that other rows point at (steps, templates,
 messages) are never deleted, only retired, so history stays readable.
 """
 
@@ -36,6 +36,12 @@ class UtcDateTime(TypeDecorator):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+def one_of(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
+    """A CHECK constraint: ``column`` holds one of ``values``."""
+    listed = ", ".join(f"'{v}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({listed})", name=f"{column}_allowed")
+
+
 def utc_column(*, nullable: bool = True, index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable, index=index))
 
@@ -55,6 +61,7 @@ SUPPRESSION_REASONS = ("unsubscribed", "bounce_hard", "complaint", "manual")
 
 
 class User(SQLModel, table=True):
+    __table_args__ = (one_of("role", ROLES),)
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
     name: str = Field(default="", max_length=200)
@@ -78,6 +85,7 @@ class Stage(SQLModel, table=True):
 
 
 class Lead(SQLModel, table=True):
+    __table_args__ = (one_of("status", LEAD_STATUSES),)
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
     first_name: str = Field(default="", max_length=200)
@@ -123,6 +131,7 @@ class EmailTemplate(SQLModel, table=True):
 
 
 class Sequence(SQLModel, table=True):
+    __table_args__ = (one_of("status", SEQUENCE_STATUSES),)
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=100, unique=True)
     name: str = Field(max_length=200)
@@ -145,7 +154,10 @@ class Sequence(SQLModel, table=True):
 class Step(SQLModel, table=True):
     """A touch of a sequence. ``key`` is stable across edits; removed steps are retired."""
 
-    __table_args__ = (sa.UniqueConstraint("sequence_id", "key"),)
+    __table_args__ = (
+        one_of("kind", STEP_KINDS),
+        sa.UniqueConstraint("sequence_id", "key"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     sequence_id: int = Field(foreign_key="sequence.id", index=True)
     key: str = Field(max_length=100)
@@ -164,6 +176,7 @@ class Enrollment(SQLModel, table=True):
     """A lead in a sequence; ``next_step_id`` fires at ``next_run_at``."""
 
     __table_args__ = (
+        one_of("status", ENROLLMENT_STATUSES),
         sa.Index(
             "uq_enrollment_active_lead_sequence", "lead_id", "sequence_id", unique=True,
             sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'"),
@@ -188,6 +201,7 @@ class Message(SQLModel, table=True):
     """One email (or rep task) per enrollment x step: the unique constraint is the guarantee."""
 
     __table_args__ = (
+        one_of("status", MESSAGE_STATUSES),
         sa.UniqueConstraint("enrollment_id", "step_id", name="uq_message_enrollment_step"),
         sa.Index(
             "ix_message_available", "available_at",
@@ -215,6 +229,7 @@ class Message(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """Something a lead (or a machine on its behalf) did; ``source_id`` dedupes redelivery."""
 
+    __table_args__ = (one_of("kind", EVENT_KINDS),)
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
@@ -255,6 +270,7 @@ class StageChange(SQLModel, table=True):
 
 
 class Suppression(SQLModel, table=True):
+    __table_args__ = (one_of("reason", SUPPRESSION_REASONS),)
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
     reason: str = Field(max_length=20)

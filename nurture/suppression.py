@@ -64,7 +64,3 @@ def unsuppress(session: Session, email: str, now: datetime) -> bool:
         session.execute(sa.update(Lead).where(Lead.email == email, Lead.status.in_(tuple(LEAD_STATUS_FOR_REASON.values())))
                         .values(status="active", updated_at=now))
     return removed
-
-
-def is_suppressed(session: Session, email: str) -> str | None:
-    return session.exec(select(Suppression.reason).where(Suppression.email == normalise(email))).first()

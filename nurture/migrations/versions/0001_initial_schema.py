@@ -50,6 +50,7 @@ def upgrade() -> None:
     sa.Column('exit_on_click', sa.Boolean(), nullable=False),
     sa.Column('created_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("status IN ('draft', 'active', 'paused', 'archived')", name='status_allowed'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key')
     )
@@ -71,6 +72,7 @@ def upgrade() -> None:
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('note', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
     sa.Column('created_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("reason IN ('unsubscribed', 'bounce_hard', 'complaint', 'manual')", name='reason_allowed'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('email')
     )
@@ -84,6 +86,7 @@ def upgrade() -> None:
     sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('created_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("role IN ('admin', 'marketer', 'rep', 'manager')", name='role_allowed'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('email')
     )
@@ -107,6 +110,7 @@ def upgrade() -> None:
     sa.Column('custom', sa.JSON(), nullable=False),
     sa.Column('created_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("status IN ('active', 'replied', 'paused', 'unsubscribed', 'bounced', 'complained', 'archived')", name='status_allowed'),
     sa.ForeignKeyConstraint(['owner_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('email')
@@ -130,6 +134,7 @@ def upgrade() -> None:
     sa.Column('subjects', sa.JSON(), nullable=False),
     sa.Column('goal', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
     sa.Column('retired', sa.Boolean(), nullable=False),
+    sa.CheckConstraint("kind IN ('first_contact', 'follow_up', 'case_study', 'news', 'special_offer', 're_offer', 'rep_task')", name='kind_allowed'),
     sa.ForeignKeyConstraint(['sequence_id'], ['sequence.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sequence_id', 'key')
@@ -147,6 +152,7 @@ def upgrade() -> None:
     sa.Column('started_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('finished_at', nurture.models.UtcDateTime(timezone=True), nullable=True),
     sa.Column('exit_reason', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.CheckConstraint("status IN ('active', 'paused', 'completed', 'exited')", name='status_allowed'),
     sa.ForeignKeyConstraint(['lead_id'], ['lead.id'], ),
     sa.ForeignKeyConstraint(['next_step_id'], ['step.id'], ),
     sa.ForeignKeyConstraint(['sequence_id'], ['sequence.id'], ),
@@ -218,6 +224,7 @@ def upgrade() -> None:
     sa.Column('smtp_code', sa.Integer(), nullable=True),
     sa.Column('smtp_response', sa.Text(), nullable=False),
     sa.Column('error', sa.Text(), nullable=False),
+    sa.CheckConstraint("status IN ('queued', 'sending', 'sent', 'failed', 'bounced', 'cancelled', 'skipped')", name='status_allowed'),
     sa.ForeignKeyConstraint(['enrollment_id'], ['enrollment.id'], ),
     sa.ForeignKeyConstraint(['lead_id'], ['lead.id'], ),
     sa.ForeignKeyConstraint(['sequence_id'], ['sequence.id'], ),
@@ -241,6 +248,7 @@ def upgrade() -> None:
     sa.Column('occurred_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('source_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
     sa.Column('data', sa.JSON(), nullable=False),
+    sa.CheckConstraint("kind IN ('open', 'click', 'reply', 'auto_reply', 'bounce_hard', 'bounce_soft', 'unsubscribe', 'complaint')", name='kind_allowed'),
     sa.ForeignKeyConstraint(['lead_id'], ['lead.id'], ),
     sa.ForeignKeyConstraint(['message_id'], ['message.id'], ),
     sa.PrimaryKeyConstraint('id'),
