@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 
 import redis
@@ -94,20 +94,29 @@ def store_hits(session: Session, hits: list[tuple[str, dict[str, str]]], on_even
                             occurred_at=at, source_id=source_id, data=data))
     session.add_all(events)
     session.flush()
-    _flag_scanner_clicks(session, {e.message_id for e in events if e.kind == "click"})
+    _flag_scanner_clicks(session, [e for e in events if e.kind == "click"])
     if on_events:
         on_events(session, events)
     session.commit()
     return len(events)
 
 
-def _flag_scanner_clicks(session: Session, message_ids: set[int]) -> None:
-    """Mark as machine every click near a trap click or inside a burst, before or after it."""
-    if not message_ids:
-        return
+def _flag_scanner_clicks(session: Session, new_clicks: list[Event]) -> None:
+    """Mark as machine every click near a trap click or inside a burst, before or after it.
+
+    Only clicks within the rules' time window of the new ones are looked at, so a
+    message clicked thousands of times costs no more than one clicked twice.
+    """
+    reach = timedelta(seconds=max(TRAP_WINDOW_SECONDS, BURST_SECONDS) * 2)
+    spans: dict[int, tuple[datetime, datetime]] = {}
+    for click in new_clicks:
+        lo, hi = spans.get(click.message_id, (click.occurred_at, click.occurred_at))
+        spans[click.message_id] = (min(lo, click.occurred_at), max(hi, click.occurred_at))
     clicks: dict[int, list[Event]] = defaultdict(list)
-    for event in session.exec(select(Event).where(Event.message_id.in_(message_ids), Event.kind == "click")):
-        clicks[event.message_id].append(event)
+    for message_id, (lo, hi) in spans.items():
+        clicks[message_id] = list(session.exec(select(Event).where(
+            Event.message_id == message_id, Event.kind == "click",
+            Event.occurred_at >= lo - reach, Event.occurred_at <= hi + reach)))
     for events in clicks.values():
         traps = [e.occurred_at for e in events if (e.data or {}).get("url") == TRAP_URL]
         for event in events:

