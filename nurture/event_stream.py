@@ -112,11 +112,17 @@ def _flag_scanner_clicks(session: Session, new_clicks: list[Event]) -> None:
     for click in new_clicks:
         lo, hi = spans.get(click.message_id, (click.occurred_at, click.occurred_at))
         spans[click.message_id] = (min(lo, click.occurred_at), max(hi, click.occurred_at))
+    if not spans:
+        return
     clicks: dict[int, list[Event]] = defaultdict(list)
-    for message_id, (lo, hi) in spans.items():
-        clicks[message_id] = list(session.exec(select(Event).where(
-            Event.message_id == message_id, Event.kind == "click",
-            Event.occurred_at >= lo - reach, Event.occurred_at <= hi + reach)))
+    earliest = min(lo for lo, _ in spans.values()) - reach
+    latest = max(hi for _, hi in spans.values()) + reach
+    for event in session.exec(select(Event).where(  # one query for the batch, then each message's own window
+            Event.message_id.in_(list(spans)), Event.kind == "click",
+            Event.occurred_at >= earliest, Event.occurred_at <= latest)):
+        lo, hi = spans[event.message_id]
+        if lo - reach <= event.occurred_at <= hi + reach:
+            clicks[event.message_id].append(event)
     for events in clicks.values():
         traps = [e.occurred_at for e in events if (e.data or {}).get("url") == TRAP_URL]
         for event in events:
