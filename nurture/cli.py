@@ -201,7 +201,7 @@ def leads_import(file, mappings, encoding, tags, rejects, now) -> None:
 @click.argument("email")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def leads_show(email, as_json) -> None:
-    """A lead with its enrollments and messages."""
+    """A lead with its enrollments, messages and events (its timeline)."""
     from .lead_view import lead_document
 
     settings = settings_for()
@@ -217,6 +217,9 @@ def leads_show(email, as_json) -> None:
         click.echo(f"  {enrollment['sequence']}: {enrollment['status']} next={enrollment['next_step'] or '-'} at {enrollment['next_run_at'] or '-'} {enrollment['exit_reason']}")
     for message in document["messages"]:
         click.echo(f"    {message['created_at']} {message['step']:<16} {message['status']:<9} {message['subject']}")
+    for event in document["events"]:
+        who = "machine" if event["machine"] else "human"
+        click.echo(f"    {event['occurred_at']} {event['kind']:<12} {who:<7} {', '.join(event['data'].get('reasons', []))}")
 
 
 # --- enrollment and suppression ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One lead as a document: its fields, enrollments and messages (CLI ``leads show``, later the API)."""
+"""One lead as a document: its fields, enrollments, messages and events (CLI ``leads show``, later the API)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from sqlmodel import Session, select
 
 from .addresses import normalise
 from .errors import NurtureError
-from .models import Enrollment, Lead, LeadTag, Message, Sequence, Step, Suppression
+from .models import Enrollment, Event, Lead, LeadTag, Message, Sequence, Step, Suppression
 
 
 def lead_document(session: Session, email: str) -> dict:
@@ -19,6 +19,7 @@ def lead_document(session: Session, email: str) -> dict:
     step_ids = {m.step_id for m in messages} | {e.next_step_id for e in enrollments if e.next_step_id}
     steps = {s.id: s for s in session.exec(select(Step).where(Step.id.in_(step_ids)))}
     suppression = session.exec(select(Suppression).where(Suppression.email == lead.email)).first()
+    events = session.exec(select(Event).where(Event.lead_id == lead.id).order_by(Event.occurred_at, Event.id)).all()
     return {
         "lead": {**lead.model_dump(exclude={"custom"}), "custom": lead.custom,
                  "tags": list(session.exec(select(LeadTag.tag).where(LeadTag.lead_id == lead.id)).all()),
@@ -36,5 +37,10 @@ def lead_document(session: Session, email: str) -> dict:
              "attempts": m.attempts, "created_at": m.created_at, "sent_at": m.sent_at,
              "smtp_code": m.smtp_code, "smtp_response": m.smtp_response, "error": m.error}
             for m in messages
+        ],
+        "events": [
+            {"id": e.id, "kind": e.kind, "machine": e.is_machine, "occurred_at": e.occurred_at,
+             "message_id": e.message_id, "data": e.data}
+            for e in events
         ],
     }

@@ -239,3 +239,18 @@ def test_scheduler_once_and_forking_worker_burst_send_a_due_message(leads):
     assert rcpts == ["olga@example.com"]
     (message,) = n.messages()
     assert message.status == "sent" and message.sent_at == enrollment.next_run_at
+
+
+def test_leads_show_lists_the_events_of_the_lead_on_its_timeline(team):
+    from nurture.models import Event, Lead
+
+    n = team
+    n.import_csv("email,first_name\nolga@example.com,Olga\n")
+    with n.session() as s:
+        lead = s.exec(select(Lead).where(Lead.email == "olga@example.com")).one()
+        s.add(Event(lead_id=lead.id, kind="open", is_machine=True, occurred_at=n.now, data={"reasons": ["HEAD request"]}))
+        s.add(Event(lead_id=lead.id, kind="reply", occurred_at=n.now, data={"text": "Давайте созвонимся"}))
+        s.commit()
+    document = json.loads(n.cli("leads", "show", "olga@example.com", "--json", check=True).stdout)
+    assert [(e["kind"], e["machine"]) for e in document["events"]] == [("open", True), ("reply", False)]
+    assert document["events"][1]["data"]["text"] == "Давайте созвонимся"
