@@ -235,64 +235,26 @@ def breakdown(args, url: str, queue_name: str) -> None:
     psycopg and SQLAlchemy work during the cursor call (query conversion, parameter
     adaptation, result rows); wall minus that is the wait for PostgreSQL.
     """
-    import re
-
-    import sqlalchemy as sa
     import sqlmodel
 
     from nurture import db, queues
 
     engine = db.engine_for(url)
-    stats: dict[str, list[float]] = {}
-    def label(statement: str) -> str:
-        verb = statement.split(None, 1)[0].upper()
-        table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", statement, re.I)
-        return f"{verb} {table[1] if table else ''}".strip()
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        conn.info["bench_t"] = (time.perf_counter(), time.thread_time())
-
-    def after(conn, cursor, statement, parameters, context, executemany):
-        w0, c0 = conn.info.pop("bench_t")
-        entry = stats.setdefault(label(statement), [0, 0.0, 0.0])
-        entry[0] += 1
-        entry[1] += time.perf_counter() - w0
-        entry[2] += time.thread_time() - c0
-
-    def timed(name, fn):
-        def wrapper(*a, **kw):
-            w0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                entry = stats.setdefault(name, [0, 0.0, 0.0])
-                entry[0] += 1
-                entry[1] += time.perf_counter() - w0
-                entry[2] += time.thread_time() - c0
-        return wrapper
-
-    original_commit = sqlmodel.Session.commit
-
+    breakdown = c.Breakdown()
     reset(url)
-    sa.event.listen(engine, "before_cursor_execute", before)
-    sa.event.listen(engine, "after_cursor_execute", after)
-    sqlmodel.Session.commit = timed("COMMIT", original_commit)
-    try:
+    with breakdown.sql(engine), breakdown.patched([(sqlmodel.Session, "commit", "COMMIT")]):
         w0, c0 = time.perf_counter(), time.thread_time()
         run_nurture(args, url, queue_name, args.claim_batch,
-                    enqueue_fn=timed("enqueue to Redis (RQ)", queues.enqueue_send_batches))
+                    enqueue_fn=breakdown.timed("enqueue to Redis (RQ)", queues.enqueue_send_batches))
         wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
-    finally:
-        sqlmodel.Session.commit = original_commit
-        sa.event.remove(engine, "before_cursor_execute", before)
-        sa.event.remove(engine, "after_cursor_execute", after)
     c.out(f"breakdown of one nurture tick ({wall:.3f} s wall, {cpu:.3f} s CPU in this process, including the "
           f"session set-up and the check of the queue):")
     c.out(f"  {'part':<34} {'calls':>6} {'wall s':>8} {'client CPU s':>13}")
-    for name, (calls, w, cp) in sorted(stats.items(), key=lambda kv: -kv[1][1]):
+    rows = breakdown.rows()
+    for name, calls, w, cp in rows:
         c.out(f"  {name:<34} {calls:>6} {w:>8.3f} {cp:>13.3f}")
-    in_sql = sum(w for _, w, _ in stats.values())
-    in_sql_cpu = sum(cp for _, _, cp in stats.values())
+    in_sql = sum(w for _, _, w, _ in rows)
+    in_sql_cpu = sum(cp for _, _, _, cp in rows)
     c.out(f"  {'Python outside those calls':<34} {'':>6} {wall - in_sql:>8.3f} {cpu - in_sql_cpu:>13.3f}")
 
 

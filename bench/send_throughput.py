@@ -573,42 +573,24 @@ def breakdown(args, settings, env: dict[str, str], sink: c.SmtpSink) -> None:
     with sqlmodel.Session(db.engine_for(settings.database_url), expire_on_commit=False) as session:
         run_tick(session, settings, TICK_AT, lambda ids: batches.extend(
             ids[i:i + settings.send_batch_size] for i in range(0, len(ids), settings.send_batch_size)))
-    timings: dict[str, list[float]] = {}
-
-    def timed(name, fn):
-        def wrapper(*a, **kw):
-            w0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                t = timings.setdefault(name, [0, 0.0, 0.0])
-                t[0] += 1
-                t[1] += time.perf_counter() - w0
-                t[2] += time.thread_time() - c0
-        return wrapper
-
     from nurture import attempt_journal
 
-    patches = [(sending, "_compose"), (sending, "_claim"), (sending, "_still_sendable"), (sending, "_Batch"),
-               (sqlmodel.Session, "commit"), (transports.SmtpTransport, "send"),
-               (attempt_journal.AttemptJournal, "started"), (attempt_journal.AttemptJournal, "forget")]
-    labels = {"_compose": "render + build MIME (_compose)", "_claim": "claim a chunk (_claim)",
-              "_still_sendable": "re-check before SMTP (_still_sendable)", "_Batch": "load batch rows (_Batch)",
-              "commit": "COMMIT (one per chunk)", "send": "SMTP MAIL/RCPT/DATA (transport.send)",
-              "started": "journal the attempt in Redis (started)", "forget": "drop journal entries (forget)"}
-    saved = [(obj, name, getattr(obj, name)) for obj, name in patches]
+    parts = [(sending, "_compose", "render + build MIME (_compose)"), (sending, "_claim", "claim a chunk (_claim)"),
+             (sending, "_still_sendable", "re-check before SMTP (_still_sendable)"),
+             (sending, "_Batch", "load batch rows (_Batch)"), (sqlmodel.Session, "commit", "COMMIT (one per chunk)"),
+             (transports.SmtpTransport, "send", "SMTP MAIL/RCPT/DATA (transport.send)"),
+             (attempt_journal.AttemptJournal, "started", "journal the attempt in Redis (started)"),
+             (attempt_journal.AttemptJournal, "forget", "drop journal entries (forget)")]
+    breakdown = c.Breakdown()
     old_environ = dict(os.environ)
     os.environ.update({**env, "NURTURE_SMTP_URL": sink.url})
     try:
-        for obj, name, fn in saved:
-            setattr(obj, name, timed(name, fn))
-        w0, c0 = time.perf_counter(), time.thread_time()
-        for ids in batches:
-            tasks.send_messages(ids)
-        wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
+        with breakdown.patched(parts):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            for ids in batches:
+                tasks.send_messages(ids)
+            wall, cpu = time.perf_counter() - w0, time.thread_time() - c0
     finally:
-        for obj, name, fn in saved:
-            setattr(obj, name, fn)
         os.environ.clear()
         os.environ.update(old_environ)
     n = sum(len(b) for b in batches)
@@ -616,10 +598,10 @@ def breakdown(args, settings, env: dict[str, str], sink: c.SmtpSink) -> None:
           f"({wall / n * 1000:.2f} ms wall, {cpu / n * 1000:.2f} ms CPU per message)")
     c.out(f"  {'part':<40} {'calls':>7} {'wall ms/msg':>12} {'CPU ms/msg':>11}")
     accounted_wall = accounted_cpu = 0.0
-    for name, (calls, w, cp) in sorted(timings.items(), key=lambda kv: -kv[1][1]):
+    for label, calls, w, cp in breakdown.rows():
         accounted_wall += w
         accounted_cpu += cp
-        c.out(f"  {labels[name]:<40} {calls:>7} {w / n * 1000:>12.3f} {cp / n * 1000:>11.3f}")
+        c.out(f"  {label:<40} {calls:>7} {w / n * 1000:>12.3f} {cp / n * 1000:>11.3f}")
     c.out(f"  {'rest of send_batch (loop, session, job)':<40} {'':>7} {(wall - accounted_wall) / n * 1000:>12.3f} "
           f"{(cpu - accounted_cpu) / n * 1000:>11.3f}")
 

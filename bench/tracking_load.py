@@ -46,9 +46,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import math
+import contextlib
 import os
 import random
-import re
 import resource
 import secrets
 import shutil
@@ -359,7 +359,6 @@ def drain_all(args, database_url: str, redis, stream: str) -> tuple[int, float, 
     With ``--breakdown`` every SQL statement, COMMIT and Redis command of the drain is timed
     (wall, and this thread's CPU: psycopg/SQLAlchemy or redis-py work; wall minus CPU is waiting).
     """
-    import sqlalchemy as sa
     import sqlmodel
 
     from nurture import db, event_stream
@@ -369,63 +368,25 @@ def drain_all(args, database_url: str, redis, stream: str) -> tuple[int, float, 
     consumer = f"bench-{os.getpid()}"
     stored = calls = 0
     engine = db.engine_for(database_url)
-    stats: dict[str, list[float]] = {}
-
-    def add(name: str, w0: float, c0: float) -> None:
-        entry = stats.setdefault(name, [0, 0.0, 0.0])
-        entry[0] += 1
-        entry[1] += time.perf_counter() - w0
-        entry[2] += time.thread_time() - c0
-
-    def timed(name, fn):
-        def wrapper(*a, **kw):
-            w0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                add(name, w0, c0)
-        return wrapper
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        conn.info["bench_t"] = (time.perf_counter(), time.thread_time())
-
-    def after(conn, cursor, statement, parameters, context, executemany):
-        verb = statement.split(None, 1)[0].upper()
-        table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", statement, re.I)
-        add(f"SQL {verb} {table[1] if table else ''}".strip(), *conn.info.pop("bench_t"))
-
-    saved = []
-    if args.breakdown:
-        sa.event.listen(engine, "before_cursor_execute", before)
-        sa.event.listen(engine, "after_cursor_execute", after)
-        saved.append((sqlmodel.Session, "commit", sqlmodel.Session.commit))
-        sqlmodel.Session.commit = timed("COMMIT", sqlmodel.Session.commit)
-        for command in ("xgroup_create", "xautoclaim", "xreadgroup", "xack", "xdel"):
-            saved.append((redis, command, getattr(redis, command)))
-            setattr(redis, command, timed(f"Redis {command.upper()}", getattr(redis, command)))
-        saved.append((event_stream, "store_hits", event_stream.store_hits))
-        event_stream.store_hits = timed("store_hits (all of it)", event_stream.store_hits)
-    try:
+    timer = c.Breakdown()
+    parts = [(sqlmodel.Session, "commit", "COMMIT"), (event_stream, "store_hits", "store_hits (all of it)")]
+    parts += [(redis, command, f"Redis {command.upper()}")
+              for command in ("xgroup_create", "xautoclaim", "xreadgroup", "xack", "xdel")]
+    with contextlib.ExitStack() as stack:
+        if args.breakdown:
+            stack.enter_context(timer.sql(engine, prefix="SQL "))
+            stack.enter_context(timer.patched(parts))
         with sqlmodel.Session(engine) as session:
             session.connection().exec_driver_sql("SELECT 1")  # a pooled connection, as a running scheduler has
             session.commit()
-            stats.clear()
+            timer.stats.clear()
             started, cpu0 = time.perf_counter(), time.thread_time()
             while batch := drain(session, redis, stream, consumer, count=args.drain_batch,
                                  on_events=lambda s, events: on_tracking_events(s, events, datetime.now(timezone.utc))):
                 stored += batch
                 calls += 1
             elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu0
-    finally:
-        for obj, name, fn in saved:
-            if obj is redis:
-                delattr(redis, name)
-            else:
-                setattr(obj, name, fn)
-        if args.breakdown:
-            sa.event.remove(engine, "before_cursor_execute", before)
-            sa.event.remove(engine, "after_cursor_execute", after)
-    breakdown = {"parts": stats, "wall": elapsed, "cpu": cpu} if args.breakdown else None
+    breakdown = {"parts": timer, "wall": elapsed, "cpu": cpu} if args.breakdown else None
     return stored, elapsed, calls, breakdown
 
 
@@ -434,9 +395,10 @@ def print_breakdown(breakdown: dict, stored: int) -> None:
     c.out(f"drain breakdown ({breakdown['wall']:.3f} s wall, {breakdown['cpu']:.3f} s CPU in this process; "
           f"store_hits includes the SQL below except the Redis commands):")
     c.out(f"  {'part':<34} {'calls':>6} {'wall s':>8} {'CPU s':>8} {'wall us/event':>14}")
-    for name, (calls, w, cp) in sorted(breakdown["parts"].items(), key=lambda kv: -kv[1][1]):
+    rows = breakdown["parts"].rows()
+    for name, calls, w, cp in rows:
         c.out(f"  {name:<34} {calls:>6} {w:>8.3f} {cp:>8.3f} {w / n * 1e6:>14.1f}")
-    outside = breakdown["wall"] - sum(w for name, (_, w, _) in breakdown["parts"].items()
+    outside = breakdown["wall"] - sum(w for name, _, w, _ in rows
                                       if name.startswith("Redis") or name == "store_hits (all of it)")
     c.out(f"  {'rest of drain()':<34} {'':>6} {outside:>8.3f}")
 

@@ -12,7 +12,7 @@ already queued for it.
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, render_template, request
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from .db import engine_for
 from .models import Enrollment, Event, Lead, Message, Sequence
