@@ -11,27 +11,18 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from .config import Settings
 from .models import Enrollment, Event, Lead, Message, Sequence
 from .send_window import zone
+from .suppression import exit_enrollments
 
 FREE_MAIL_DOMAINS = frozenset({
     "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com", "icloud.com", "me.com",
     "aol.com", "proton.me", "protonmail.com", "gmx.de", "gmx.net", "web.de", "mail.ru", "bk.ru", "inbox.ru",
     "list.ru", "yandex.ru", "ya.ru", "yandex.com", "rambler.ru",
 })
-
-
-def _exit(session: Session, enrollment_ids: list[int], reason: str, now: datetime) -> int:
-    if not enrollment_ids:
-        return 0
-    session.execute(sa.update(Message).where(Message.enrollment_id.in_(enrollment_ids), Message.status == "queued")
-                    .values(status="cancelled", error=reason))
-    return session.execute(sa.update(Enrollment).where(Enrollment.id.in_(enrollment_ids), Enrollment.status.in_(("active", "paused")))
-                           .values(status="exited", exit_reason=reason, finished_at=now, next_run_at=None)).rowcount or 0
 
 
 def _active_enrollments(session: Session, lead_ids: list[int], flag) -> list[int]:
@@ -47,13 +38,13 @@ def on_reply(session: Session, lead: Lead, from_address: str, now: datetime) -> 
     if lead.status in ("active", "paused", "replied"):  # an unsubscribed or bounced lead stays so
         lead.status, lead.paused_until, lead.updated_at = "replied", None, now
         session.add(lead)
-    exited = _exit(session, _active_enrollments(session, [lead.id], Sequence.exit_on_reply), "replied", now)
+    exited = exit_enrollments(session, _active_enrollments(session, [lead.id], Sequence.exit_on_reply), "replied", now)
     actions.append(f"lead {lead.email} replied; {exited} sequence(s) stopped")
     domain = (from_address or lead.email).rpartition("@")[2].lower()
     if domain and domain not in FREE_MAIL_DOMAINS:
         colleagues = list(session.exec(select(Lead.id).where(Lead.email.like(f"%@{domain}"), Lead.id != lead.id)).all())
         if colleagues:
-            count = _exit(session, _active_enrollments(session, colleagues, Sequence.exit_on_domain_reply),
+            count = exit_enrollments(session, _active_enrollments(session, colleagues, Sequence.exit_on_domain_reply),
                           f"a colleague at {domain} replied", now)
             if count:
                 actions.append(f"{count} sequence(s) of colleagues at {domain} stopped")
@@ -83,4 +74,4 @@ def on_tracking_events(session: Session, events: list[Event], now: datetime) -> 
     enrollment_ids = list(session.exec(
         select(Message.enrollment_id).join(Sequence, Sequence.id == Message.sequence_id).where(
             Message.id.in_(message_ids), Sequence.exit_on_click.is_(True))).all())
-    _exit(session, enrollment_ids, "clicked a link", now)
+    exit_enrollments(session, enrollment_ids, "clicked a link", now)

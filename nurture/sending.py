@@ -38,7 +38,7 @@ from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, Enrollment, Event, Le
 from .rendering import Renderer
 from .send_window import seed_fraction
 from .signing import sign
-from .suppression import suppress
+from .suppression import exit_enrollments, suppress
 from .tracking import rewrite
 from .transports import Transport, UnknownOutcomeError
 
@@ -339,8 +339,7 @@ def _permanent(session: Session, message: Message, lead: Lead, exc: PermanentSen
         report.bounced += 1
     else:
         _fail(session, message.id, f"refused by the server: {exc}")
-        session.execute(sa.update(Enrollment).where(Enrollment.id == message.enrollment_id).values(
-            status="exited", exit_reason=f"message refused: {exc}"[:200], finished_at=at, next_run_at=None))
+        exit_enrollments(session, [message.enrollment_id], f"message refused: {exc}"[:200], at)
         report.failed += 1
 
 

@@ -21,17 +21,23 @@ from .models import SUPPRESSION_REASONS, Enrollment, Lead, Message, Suppression
 LEAD_STATUS_FOR_REASON = {"unsubscribed": "unsubscribed", "bounce_hard": "bounced", "complaint": "complained"}
 
 
-def stop_lead(session: Session, lead_id: int, reason: str, now: datetime) -> int:
-    """Exit all active enrollments of a lead and cancel its queued messages; return how many enrollments."""
-    exited = session.execute(
-        sa.update(Enrollment).where(Enrollment.lead_id == lead_id, Enrollment.status.in_(("active", "paused")))
+def exit_enrollments(session: Session, enrollment_ids: list[int], reason: str, now: datetime) -> int:
+    """Exit these enrollments (if still running) and cancel their queued messages; return how many exited."""
+    if not enrollment_ids:
+        return 0
+    session.execute(sa.update(Message).where(Message.enrollment_id.in_(enrollment_ids), Message.status == "queued")
+                    .values(status="cancelled", error=reason))
+    return session.execute(
+        sa.update(Enrollment).where(Enrollment.id.in_(enrollment_ids), Enrollment.status.in_(("active", "paused")))
         .values(status="exited", exit_reason=reason, finished_at=now, next_run_at=None)
-    ).rowcount
-    session.execute(
-        sa.update(Message).where(Message.lead_id == lead_id, Message.status == "queued")
-        .values(status="cancelled", error=reason)
-    )
-    return exited or 0
+    ).rowcount or 0
+
+
+def stop_lead(session: Session, lead_id: int, reason: str, now: datetime) -> int:
+    """Exit every running enrollment of a lead and cancel its queued messages."""
+    running = session.exec(select(Enrollment.id).where(
+        Enrollment.lead_id == lead_id, Enrollment.status.in_(("active", "paused")))).all()
+    return exit_enrollments(session, list(running), reason, now)
 
 
 def suppress(session: Session, email: str, reason: str, now: datetime, note: str = "") -> bool:

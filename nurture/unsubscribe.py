@@ -15,9 +15,9 @@ from flask import Blueprint, abort, current_app, render_template, request
 from sqlmodel import Session
 
 from .db import engine_for
-from .models import Enrollment, Event, Lead, Message, Sequence
+from .models import Event, Lead, Message, Sequence
 from .signing import verify
-from .suppression import suppress
+from .suppression import exit_enrollments, suppress
 
 blueprint = Blueprint("unsubscribe", __name__)
 
@@ -65,14 +65,7 @@ def unsubscribe(token: str):
                           data={"scope": "sequence" if only_sequence else "all",
                                 "one_click": request.form.get("List-Unsubscribe") == "One-Click"}))
         if only_sequence:
-            enrollment = session.get(Enrollment, message.enrollment_id)
-            if enrollment.status in ("active", "paused"):
-                enrollment.status, enrollment.exit_reason = "exited", "unsubscribed from this sequence"
-                enrollment.finished_at, enrollment.next_run_at = now, None
-                session.add(enrollment)
-            session.execute(Message.__table__.update().where(
-                Message.enrollment_id == enrollment.id, Message.status == "queued").values(
-                status="cancelled", error="unsubscribed from this sequence"))
+            exit_enrollments(session, [message.enrollment_id], "unsubscribed from this sequence", now)
             done = texts["done_sequence"].format(sequence=sequence.name)
         else:
             suppress(session, lead.email, "unsubscribed", now, note=f"link in message {message.id}")
