@@ -402,3 +402,12 @@ class Breakdown:
         """(label, calls, wall s, CPU s), longest wall time first."""
         return [(name, int(calls), wall, cpu) for name, (calls, wall, cpu)
                 in sorted(self.stats.items(), key=lambda kv: -kv[1][1])]
+
+
+def run(main) -> None:
+    """Run a benchmark's ``main``; Ctrl-C ends it with code 130 after its own clean-up ran."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: everything this run made was removed", file=sys.stderr)
+        sys.exit(130)

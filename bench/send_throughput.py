@@ -731,8 +731,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted: everything this run made was removed", file=sys.stderr)
-        sys.exit(130)
+    c.run(main)
