@@ -10,6 +10,7 @@ sent and when. Every process it starts shares the same simulated clock through
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -166,6 +167,7 @@ def run_demo(speed: float, days: int, workdir: Path, port: int, headless: bool) 
         settings = Settings.from_env()
         from .app import create_app
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # access lines would tear the live table
         web = make_server("127.0.0.1", port, create_app(settings), threaded=True)
         threading.Thread(target=web.serve_forever, daemon=True).start()
         interval = max(0.01, min(5.0, 1800 / speed))  # a tick every simulated half hour
