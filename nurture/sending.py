@@ -34,7 +34,7 @@ from .attempt_journal import AttemptJournal
 from .config import Settings
 from .errors import PermanentSendError, TransientSendError
 from .mime import ascii_address, build_message
-from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, Enrollment, Event, Lead, Message, Sequence, Step, Suppression, User
+from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, UtcDateTime, Event, Lead, Message, Sequence, Step, Suppression, User
 from .rendering import Renderer
 from .send_window import seed_fraction
 from .signing import sign
@@ -225,30 +225,35 @@ def _compose(settings, batch: _Batch, renderer: Renderer, message: Message, lead
 
 
 _message = Message.__table__
-_lead = Lead.__table__
+
+
+def _sendable(email: str, lead_id: str, enrollment_id: str, at: str) -> str:
+    """SQL true when nothing forbids sending now: not suppressed, lead sendable and not
+    paused, enrollment running. One definition for the claim and the re-check."""
+    statuses = ", ".join(f"'{status}'" for status in SENDABLE_LEAD_STATUSES)
+    return (f"NOT EXISTS (SELECT 1 FROM suppression WHERE suppression.email = {email})"
+            f" AND EXISTS (SELECT 1 FROM lead WHERE lead.id = {lead_id} AND lead.status IN ({statuses})"
+            f" AND (lead.paused_until IS NULL OR lead.paused_until <= {at}))"
+            f" AND EXISTS (SELECT 1 FROM enrollment WHERE enrollment.id = {enrollment_id}"
+            f" AND enrollment.status IN ('active', 'completed'))")
+
+
 _CLAIM = (
     sa.update(_message)
     .where(
         _message.c.id.in_(sa.bindparam("b_ids", expanding=True)),
         _message.c.status == "queued",
-        ~sa.exists().where(Suppression.__table__.c.email == _lead.c.email, _lead.c.id == _message.c.lead_id),
-        sa.exists().where(_lead.c.id == _message.c.lead_id, _lead.c.status.in_(SENDABLE_LEAD_STATUSES),
-                          sa.or_(_lead.c.paused_until.is_(None), _lead.c.paused_until <= sa.bindparam("b_at"))),
-        sa.exists().where(Enrollment.__table__.c.id == _message.c.enrollment_id,
-                          Enrollment.__table__.c.status.in_(("active", "completed"))),
+        sa.text(_sendable("(SELECT owner.email FROM lead AS owner WHERE owner.id = message.lead_id)",
+                          "message.lead_id", "message.enrollment_id", ":b_at"))
+        .bindparams(sa.bindparam("b_at", type_=UtcDateTime())),
     )
     .values(status="sending", attempts=_message.c.attempts + 1, available_at=sa.bindparam("b_lease_end"))
     .returning(_message.c.id)
 )
 # Run on the driver's cursor: it runs before every SMTP transaction, and SQLAlchemy's
-# statement handling cost five times the query. The claim (_CLAIM) checks the same.
-_STILL_SENDABLE = (
-    "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM suppression WHERE email = {p})"
-    " AND EXISTS (SELECT 1 FROM lead WHERE id = {p} AND status IN (" + ", ".join(f"'{x}'" for x in SENDABLE_LEAD_STATUSES) + ")"
-    " AND (paused_until IS NULL OR paused_until <= {p}))"
-    " AND EXISTS (SELECT 1 FROM enrollment WHERE id = {p} AND status IN ('active', 'completed'))"
-)
-_STILL_SENDABLE_BY_DIALECT = {"postgresql": _STILL_SENDABLE.format(p="%s"), "sqlite": _STILL_SENDABLE.format(p="?")}
+# statement handling cost five times the query.
+_STILL_SENDABLE_BY_DIALECT = {dialect: "SELECT 1 WHERE " + _sendable(p, p, p, p)
+                              for dialect, p in (("postgresql", "%s"), ("sqlite", "?"))}
 _CHOICE = sa.update(_message).where(_message.c.id == sa.bindparam("b_id")).values(
     variant=sa.bindparam("b_variant"), subject=sa.bindparam("b_subject"))
 _SENT = (
