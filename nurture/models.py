@@ -8,7 +8,7 @@ messages) are never deleted, only retired, so history stays readable.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,6 +58,12 @@ EVENT_KINDS = (
     "unsubscribe", "complaint",
 )
 SUPPRESSION_REASONS = ("unsubscribed", "bounce_hard", "complaint", "manual")
+STAGE_CHANGE_SOURCES = ("rule", "manual", "import", "api")
+STEP_ANCHORS = ("enrollment", "quarter_start", "month_start", "date")
+SEQUENCE_TRIGGERS = ("manual", "lost", "cold_return")
+NOTIFICATION_KINDS = ("rep_task", "warm_up", "stuck", "digest")
+NOTIFICATION_CHANNELS = ("task", "email", "slack", "webhook")
+NOTIFICATION_STATUSES = ("open", "pending", "sent", "failed", "done")
 
 
 class User(SQLModel, table=True):
@@ -70,6 +76,8 @@ class User(SQLModel, table=True):
     phone: str = Field(default="", max_length=50)
     password_hash: str | None = Field(default=None, max_length=300)
     active: bool = True
+    receives_leads: bool = True  # reps only: in the round-robin for leads without an owner
+    webhook_url: str = Field(default="", max_length=500)  # Slack-compatible incoming webhook for this rep
     created_at: datetime | None = utc_column(nullable=False)
 
 
@@ -82,6 +90,7 @@ class Stage(SQLModel, table=True):
     is_won: bool = False
     is_lost: bool = False
     is_terminal: bool = False
+    is_cold: bool = False
 
 
 class Lead(SQLModel, table=True):
@@ -97,8 +106,15 @@ class Lead(SQLModel, table=True):
     external_id: str | None = Field(default=None, max_length=200, index=True)
     owner_id: int | None = Field(default=None, foreign_key="user.id", index=True)
     stage: str = Field(default="new", max_length=50, index=True)
-    score: float = 0.0
-    probability: float = 0.0
+    stage_changed_at: datetime | None = utc_column()
+    stage_source: str = Field(default="rule", max_length=20)  # who set the stage last: see STAGE_CHANGE_SOURCES
+    lost_reason: str = Field(default="", max_length=50)
+    returns_at: datetime | None = utc_column(index=True)  # a cold or lost lead comes back then
+    deal_value: float | None = None
+    score: float = 0.0  # engagement score, decayed to ``probability_at``
+    probability: float = 0.0  # close probability, 0..1
+    probability_at: datetime | None = utc_column()
+    probability_why: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # contributions
     status: str = Field(default="active", max_length=20, index=True)
     paused_until: datetime | None = utc_column()
     consent: str = Field(default="", max_length=200)
@@ -147,6 +163,7 @@ class Sequence(SQLModel, table=True):
     exit_on_reply: bool = True
     exit_on_domain_reply: bool = False
     exit_on_click: bool = False
+    trigger: str = Field(default="manual", max_length=20)  # see SEQUENCE_TRIGGERS: enrolled by hand or by a stage rule
     created_at: datetime | None = utc_column(nullable=False)
     updated_at: datetime | None = utc_column(nullable=False)
 
@@ -156,6 +173,7 @@ class Step(SQLModel, table=True):
 
     __table_args__ = (
         one_of("kind", STEP_KINDS),
+        one_of("anchor", STEP_ANCHORS),
         sa.UniqueConstraint("sequence_id", "key"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -167,6 +185,10 @@ class Step(SQLModel, table=True):
     day_max: int = 0
     condition: str = Field(default="always", max_length=40)
     template: str = Field(default="", max_length=100)
+    templates_by_reason: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # lost reason -> template
+    anchor: str = Field(default="enrollment", max_length=20)  # days count from this: see STEP_ANCHORS
+    anchor_business_days: int = 0  # for calendar anchors: this many business days before the anchor date
+    anchor_date: date | None = None
     subjects: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # lang -> [variants]
     goal: str = Field(default="", max_length=300)
     retired: bool = False
@@ -195,6 +217,7 @@ class Enrollment(SQLModel, table=True):
     started_at: datetime | None = utc_column(nullable=False)
     finished_at: datetime | None = utc_column()
     exit_reason: str = Field(default="", max_length=200)
+    context: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # e.g. lost reason, for templates
 
 
 class Message(SQLModel, table=True):
@@ -258,7 +281,10 @@ class InboundMail(SQLModel, table=True):
 
 
 class StageChange(SQLModel, table=True):
+    """One move of a lead between stages: recorded by rules, by hand, or imported from a CRM."""
+
     __tablename__ = "stage_change"
+    __table_args__ = (one_of("reason", STAGE_CHANGE_SOURCES),)
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     from_stage: str | None = Field(default=None, max_length=50)
@@ -267,6 +293,8 @@ class StageChange(SQLModel, table=True):
     reason: str = Field(default="rule", max_length=20)  # rule | manual | import | api
     note: str = Field(default="", max_length=500)
     by_user_id: int | None = Field(default=None, foreign_key="user.id")
+    lost_reason: str = Field(default="", max_length=50)
+    deal_value: float | None = None
 
 
 class Suppression(SQLModel, table=True):
@@ -279,11 +307,68 @@ class Suppression(SQLModel, table=True):
 
 
 class Notification(SQLModel, table=True):
+    """Something a rep should know or do: a task, a warm lead, a stuck lead, a digest; one row per channel."""
+
+    __table_args__ = (
+        one_of("kind", NOTIFICATION_KINDS), one_of("channel", NOTIFICATION_CHANNELS),
+        one_of("status", NOTIFICATION_STATUSES),
+    )
     id: int | None = Field(default=None, primary_key=True)
     user_id: int | None = Field(default=None, foreign_key="user.id", index=True)
-    lead_id: int = Field(foreign_key="lead.id", index=True)
+    lead_id: int | None = Field(default=None, foreign_key="lead.id", index=True)
+    kind: str = Field(default="rep_task", max_length=20)
     reason: str = Field(max_length=300)
-    channel: str = Field(default="task", max_length=20)  # task | email | webhook
+    channel: str = Field(default="task", max_length=20)
     status: str = Field(default="open", max_length=20)
-    created_at: datetime | None = utc_column(nullable=False)
+    payload: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    attempts: int = 0
+    error: str = Field(default="", sa_column=Column(sa.Text, nullable=False))
+    created_at: datetime | None = utc_column(nullable=False, index=True)
     sent_at: datetime | None = utc_column()
+
+
+class Assignment(SQLModel, table=True):
+    """A lead given to a rep (round-robin or by hand): the record of who owned it when."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    assigned_at: datetime | None = utc_column(nullable=False, index=True)
+    reason: str = Field(default="round_robin", max_length=30)  # round_robin | manual | import
+
+
+class Note(SQLModel, table=True):
+    """A rep's note on a lead, shown in its timeline."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id")
+    body: str = Field(sa_column=Column(sa.Text, nullable=False))
+    created_at: datetime | None = utc_column(nullable=False)
+
+
+class ModelFit(SQLModel, table=True):
+    """A fitted close-probability model: its weights and how it scored on held-out history."""
+
+    __tablename__ = "model_fit"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(default="engagement", max_length=30)
+    fitted_at: datetime | None = utc_column(nullable=False, index=True)
+    n_leads: int = 0
+    n_won: int = 0
+    weights: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Plan(SQLModel, table=True):
+    """A backwards plan as asked and answered, kept so reviews can compare actuals to it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime | None = utc_column(nullable=False, index=True)
+    by_user_id: int | None = Field(default=None, foreign_key="user.id")
+    deals: int
+    revenue: float | None = None
+    by_date: date
+    confidence: float = 0.8
+    what_if: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
