@@ -101,6 +101,12 @@ class Settings:
     reply_address: str | None = None  # NURTURE_REPLY_ADDRESS: replies@domain -> Reply-To: replies+TOKEN@domain
     auto_reply_pause_days: int = 7  # NURTURE_AUTO_REPLY_PAUSE_DAYS: pause after an out-of-office with no date
     soft_bounce_limit: int = 3  # NURTURE_SOFT_BOUNCE_LIMIT: soft bounces before an address is suppressed
+    warm_notice_days: int = 3  # NURTURE_WARM_NOTICE_DAYS: at most one warm-up notice per lead this often (a reply always notifies)
+    slack_webhook_url: str | None = None  # NURTURE_SLACK_WEBHOOK_URL: Slack-compatible incoming webhook for reps without their own
+    webhook_url: str | None = None  # NURTURE_WEBHOOK_URL: generic JSON webhook, signed with NURTURE_WEBHOOK_SECRET
+    webhook_secret: str | None = None  # NURTURE_WEBHOOK_SECRET: HMAC-SHA256 key of X-Nurture-Signature
+    webhook_retry_intervals: tuple[int, ...] = (10, 60, 300, 1800)  # NURTURE_WEBHOOK_RETRY_INTERVALS: seconds, comma-separated
+    stuck_days: int = 30  # NURTURE_STUCK_DAYS: time-in-stage limit while a stage has too little history for its p90
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
     @property
@@ -139,6 +145,9 @@ class Settings:
             "NURTURE_IMAP_URL": "imap_url",
             "NURTURE_INBOUND_SECRET": "inbound_secret",
             "NURTURE_REPLY_ADDRESS": "reply_address",
+            "NURTURE_SLACK_WEBHOOK_URL": "slack_webhook_url",
+            "NURTURE_WEBHOOK_URL": "webhook_url",
+            "NURTURE_WEBHOOK_SECRET": "webhook_secret",
         }
         for var, name in simple.items():
             if get(var):
@@ -152,6 +161,8 @@ class Settings:
             "NURTURE_IMAP_POLL_SECONDS": "imap_poll_seconds",
             "NURTURE_AUTO_REPLY_PAUSE_DAYS": "auto_reply_pause_days",
             "NURTURE_SOFT_BOUNCE_LIMIT": "soft_bounce_limit",
+            "NURTURE_WARM_NOTICE_DAYS": "warm_notice_days",
+            "NURTURE_STUCK_DAYS": "stuck_days",
         }
         for var, name in numbers.items():
             if get(var):
@@ -161,6 +172,8 @@ class Settings:
                     raise ConfigError(f"{var}: {get(var)!r} is not a whole number") from None
                 if kwargs[name] < 1:
                     raise ConfigError(f"{var}: must be at least 1")
+        if get("NURTURE_WEBHOOK_RETRY_INTERVALS"):
+            kwargs["webhook_retry_intervals"] = _parse_intervals(get("NURTURE_WEBHOOK_RETRY_INTERVALS"))
         if get("NURTURE_SMTP_URL"):
             kwargs["smtp"] = SmtpSettings.from_url(get("NURTURE_SMTP_URL"))
         if get("NURTURE_FROM"):
@@ -183,6 +196,13 @@ class Settings:
                 raise ConfigError(f"{name}: {url!r} must start with http:// or https://")
         if self.imap_url and not self.imap_url.startswith(("imap://", "imaps://")):
             raise ConfigError(f"NURTURE_IMAP_URL: {self.imap_url!r} must start with imap:// or imaps://")
+        for name, url in (("NURTURE_SLACK_WEBHOOK_URL", self.slack_webhook_url), ("NURTURE_WEBHOOK_URL", self.webhook_url)):
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{name}: {url!r} must start with http:// or https://")
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("NURTURE_WEBHOOK_URL is set: also set NURTURE_WEBHOOK_SECRET (the receiver checks the signature with it)")
+        if self.webhook_secret is not None and len(self.webhook_secret) < 16:
+            raise ConfigError("NURTURE_WEBHOOK_SECRET: use at least 16 random characters")
         if self.inbound_secret is not None and len(self.inbound_secret) < 16:
             raise ConfigError("NURTURE_INBOUND_SECRET: use at least 16 random characters")
         if self.default_language not in ("en", "ru"):
@@ -202,6 +222,17 @@ def _parse_from(text: str) -> tuple[str, str]:
     except EmailNotValidError as exc:
         raise ConfigError(f"NURTURE_FROM: {text!r}: {exc}") from None
     return name or addr.partition("@")[0], addr
+
+
+def _parse_intervals(text: str) -> tuple[int, ...]:
+    """``"10,60,300"`` -> (10, 60, 300): the waits before each webhook retry."""
+    try:
+        intervals = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"NURTURE_WEBHOOK_RETRY_INTERVALS: {text!r} must be whole seconds separated by commas, e.g. 10,60,300") from None
+    if any(i < 0 for i in intervals):
+        raise ConfigError(f"NURTURE_WEBHOOK_RETRY_INTERVALS: {text!r}: a wait cannot be negative")
+    return intervals
 
 
 def _clock_from_env(env: dict[str, str]) -> Clock:

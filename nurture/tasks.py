@@ -36,3 +36,16 @@ def send_messages(message_ids: list[int]) -> dict:
         report = send_batch(session, settings, message_ids, transport, _renderer, settings.clock.now,
                             attempt_journal(settings))
     return asdict(report)
+
+
+def deliver_notification(notification_id: int) -> str:
+    """Deliver one rep notification (email, Slack, webhook); raising makes RQ retry it with backoff."""
+    from rq import get_current_job
+
+    from .notifications import deliver
+
+    settings = Settings.from_env()
+    job = get_current_job()
+    last_try = job is None or not job.retries_left
+    with Session(engine_for(settings.database_url), expire_on_commit=False) as session:
+        return deliver(session, settings, notification_id, settings.clock.now(), last_try=last_try)
