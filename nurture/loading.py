@@ -20,8 +20,9 @@ from sqlmodel import Session, select
 
 from .errors import SequenceFileError, TemplateError
 from .models import EmailTemplate, Sequence, Step
+from .pipeline import load_pipeline, pipeline_file
 from .rendering import CompiledSource, compile_template, template_files
-from .sequences import SequenceSpec, load_sequence_file, sequence_files
+from .sequences import DEFAULT_REASON, SequenceSpec, suggest, load_sequence_file, sequence_files
 
 
 @dataclass
@@ -38,12 +39,14 @@ def check_campaigns(campaigns_dir: Path, templates_dir: Path, default_language: 
     """Parse and compile everything; raise one error listing every problem found."""
     problems: list[str] = []
     specs: list[SequenceSpec] = []
+    paths: dict[str, Path] = {}
     files = sequence_files(campaigns_dir)
     if not files:
         raise SequenceFileError(f"{campaigns_dir}: no *.yaml sequence files found")
     for path in files:
         try:
             specs.append(load_sequence_file(path))
+            paths[specs[-1].key] = path
         except SequenceFileError as exc:
             problems.append(str(exc))
     keys = [spec.key for spec in specs]
@@ -55,13 +58,23 @@ def check_campaigns(campaigns_dir: Path, templates_dir: Path, default_language: 
         except TemplateError as exc:
             problems.append(str(exc))
     available = {(c.name, c.language) for c in compiled}
+    reasons: list[str] = []
+    if any(step.templates_by_reason for spec in specs for step in spec.steps):
+        try:
+            reasons = load_pipeline(pipeline_file(campaigns_dir)).lost_reason_keys
+        except SequenceFileError as exc:
+            problems.append(str(exc))
     for spec in specs:
         for step in spec.steps:
-            if step.template and (step.template, default_language) not in available:
-                problems.append(
-                    f"{campaigns_dir / (spec.key + '.yaml')}: step {step.key}: template {step.template!r} has no "
-                    f"{default_language} version in {templates_dir} (expected {step.template}.{default_language}.mjml)"
-                )
+            where = f"{paths[spec.key]}: step {step.key}"
+            for reason in step.templates_by_reason:
+                if reason != DEFAULT_REASON and reason not in reasons:
+                    problems.append(f"{where}: field 'templates_by_reason.{reason}': unknown lost reason {reason!r} "
+                                    f"(known: {', '.join(reasons)}){suggest(reason, reasons)}")
+            for name in step.template_names:
+                if name and (name, default_language) not in available:
+                    problems.append(f"{where}: template {name!r} has no {default_language} version in {templates_dir} "
+                                    f"(expected {name}.{default_language}.mjml)")
     if problems:
         raise SequenceFileError("\n".join(problems))
     return specs, compiled
@@ -117,6 +130,7 @@ def _upsert_sequence(session: Session, spec: SequenceSpec, now, report: LoadRepo
         report.sequences_updated.append(f"{spec.key} (v{sequence.version})")
     sequence.name, sequence.description, sequence.status = spec.name, spec.description, spec.status
     sequence.checksum, sequence.timezone, sequence.updated_at = checksum, spec.timezone, now
+    sequence.trigger = spec.trigger
     sequence.send_days = ",".join(spec.send_window.days)
     sequence.send_start, sequence.send_end = spec.send_window.start, spec.send_window.end
     sequence.throttle_per_hour = spec.throttle_per_hour
@@ -131,7 +145,12 @@ def _upsert_sequence(session: Session, spec: SequenceSpec, now, report: LoadRepo
         step = existing.get(step_spec.key) or Step(sequence_id=sequence.id, key=step_spec.key, position=0, kind="")
         step.position, step.kind, step.retired = position, step_spec.kind, False
         step.day_min, step.day_max = step_spec.day_min, step_spec.day_max
-        step.condition, step.template, step.goal = step_spec.condition, step_spec.template, step_spec.goal
+        step.condition, step.template, step.goal = step_spec.condition, step_spec.default_template, step_spec.goal
+        step.templates_by_reason = dict(step_spec.templates_by_reason)
+        anchor = step_spec.anchor
+        step.anchor = anchor.anchor if anchor else "enrollment"
+        step.anchor_business_days = anchor.business_days_before if anchor else 0
+        step.anchor_date = anchor.date if anchor else None
         step.subjects = dict(step_spec.subjects)
         session.add(step)
     for index, step in enumerate(old_order):

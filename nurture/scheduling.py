@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from .attempt_journal import AttemptJournal
+from .calendar_anchors import Anchor, anchored_send_time
 from .config import Settings
 from .db import is_postgresql
 from .models import SENDABLE_LEAD_STATUSES, Enrollment, Event, Lead, Message, Notification, Sequence, Step, Suppression
@@ -93,9 +94,12 @@ def first_step(steps: list[Step]) -> Step | None:
 
 
 def schedule_step(step: Step, sequence: Sequence, tz, lead_id: int, started_at: datetime, earliest: datetime) -> datetime:
-    """When to send ``step`` to a lead: inside its day window, in business hours, spread per lead."""
-    return pick_send_time(sequence_window(sequence), tz, started_at, step.day_min, step.day_max, earliest,
-                          seed_fraction(lead_id, sequence.id, step.key))
+    """When to send ``step`` to a lead: inside its day window (or before its calendar anchor), in business hours, spread per lead."""
+    fraction = seed_fraction(lead_id, sequence.id, step.key)
+    if step.anchor != "enrollment":
+        anchor = Anchor(step.anchor, step.anchor_business_days, step.anchor_date)
+        return anchored_send_time(sequence_window(sequence), tz, anchor, earliest, fraction)
+    return pick_send_time(sequence_window(sequence), tz, started_at, step.day_min, step.day_max, earliest, fraction)
 
 
 def run_tick(session: Session, settings: Settings, now: datetime, enqueue: Callable[[list[int]], None],

@@ -67,7 +67,7 @@ def seed_fraction(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=tz).astimezone(timezone.utc)
 
 
@@ -92,7 +92,7 @@ def _business_time(window: SendWindow, tz: ZoneInfo, first: date, last: date) ->
     return starts, ends, cumulative
 
 
-def _pick_between(window: SendWindow, tz: ZoneInfo, lo: float, hi: float, fraction: float) -> float | None:
+def pick_between(window: SendWindow, tz: ZoneInfo, lo: float, hi: float, fraction: float) -> float | None:
     """The moment ``fraction`` of the way through the business time in [lo, hi), or None."""
     first = datetime.fromtimestamp(lo, tz).date()
     last = datetime.fromtimestamp(hi, tz).date()
@@ -126,19 +126,19 @@ def pick_send_time(
     places the moment inside the window's business time.
     """
     origin_day = origin.astimezone(tz).date()
-    lo = max(earliest, _local_midnight(origin_day + timedelta(days=day_min), tz)).timestamp()
-    hi = _local_midnight(origin_day + timedelta(days=day_max + 1), tz).timestamp()
-    moment = _pick_between(window, tz, lo, hi, fraction) if lo < hi else None
+    lo = max(earliest, local_midnight(origin_day + timedelta(days=day_min), tz)).timestamp()
+    hi = local_midnight(origin_day + timedelta(days=day_max + 1), tz).timestamp()
+    moment = pick_between(window, tz, lo, hi, fraction) if lo < hi else None
     if moment is None:
         # No business time left in the window: spread over the next send day after it.
         after = max(lo, hi)
         day = datetime.fromtimestamp(after, tz).date()
         for _ in range(8):
-            moment = _pick_between(window, tz, after, _local_midnight(day + timedelta(days=1), tz).timestamp(), fraction)
+            moment = pick_between(window, tz, after, local_midnight(day + timedelta(days=1), tz).timestamp(), fraction)
             if moment is not None:
                 break
             day += timedelta(days=1)
-            after = _local_midnight(day, tz).timestamp()
+            after = local_midnight(day, tz).timestamp()
     return datetime.fromtimestamp(moment, timezone.utc)
 
 

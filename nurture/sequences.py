@@ -12,6 +12,7 @@ missing keys are retired (see ``loading.py``).
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 from pathlib import Path
@@ -21,12 +22,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SequenceFileError
-from .models import SEQUENCE_STATUSES, STEP_KINDS
+from .calendar_anchors import MAX_BUSINESS_DAYS_BEFORE
+from .models import SEQUENCE_STATUSES, SEQUENCE_TRIGGERS, STEP_KINDS
 from .send_window import MAX_DAY, SendWindow, zone
 
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
 CONDITIONS = ("always", "engaged", "not_engaged")
 LANGUAGES = ("en", "ru")
+DEFAULT_REASON = "default"  # the templates_by_reason entry for every reason without its own
+PIPELINE_FILE = "pipeline.yaml"  # the stages and lost reasons, in campaigns/ too: not a sequence
 
 
 class _Strict(BaseModel):
@@ -50,18 +54,41 @@ class ExitSpec(_Strict):
     click: bool = False
 
 
+class AnchorSpec(_Strict):
+    """``{kind: quarter_start, business_days_before: 5}`` or ``{date: 2027-01-15}``."""
+
+    kind: Literal["quarter_start", "month_start"] | None = None
+    date: dt.date | None = None
+    business_days_before: int = Field(default=0, ge=0, le=MAX_BUSINESS_DAYS_BEFORE)
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> "AnchorSpec":
+        if (self.kind is None) == (self.date is None):
+            raise ValueError("give either kind (quarter_start or month_start) or date (YYYY-MM-DD), not both"
+                             if self.kind else "give kind (quarter_start or month_start) or date (YYYY-MM-DD)")
+        return self
+
+    @property
+    def anchor(self) -> str:
+        return self.kind or "date"
+
+
 class StepSpec(_Strict):
     key: str = Field(pattern=KEY_PATTERN)
     kind: Literal[STEP_KINDS]  # type: ignore[valid-type]
-    day: int | list[int]
+    day: int | list[int] | None = None
+    anchor: AnchorSpec | None = None
     template: str = ""
+    templates_by_reason: dict[str, str] = {}
     condition: Literal[CONDITIONS] = "always"  # type: ignore[valid-type]
     goal: str = Field(default="", max_length=300)
     subjects: dict[Literal[LANGUAGES], list[str]] = {}  # type: ignore[valid-type]
 
     @field_validator("day")
     @classmethod
-    def _day_window(cls, value: int | list[int]) -> list[int]:
+    def _day_window(cls, value: int | list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
         days = [value, value] if isinstance(value, int) else value
         if len(days) != 2:
             raise ValueError("give one day (14) or a window [min, max] such as [2, 3]")
@@ -77,19 +104,46 @@ class StepSpec(_Strict):
                 raise ValueError(f"{lang}: give at least one non-empty subject")
         return value
 
+    @field_validator("templates_by_reason")
+    @classmethod
+    def _by_reason(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            return value
+        bad = [key for key, name in value.items() if not re.match(KEY_PATTERN, key) or not str(name).strip()]
+        if bad:
+            raise ValueError(f"{bad[0]!r}: give a reason key (a-z, 0-9, -, _) and a template name")
+        if DEFAULT_REASON not in value:
+            raise ValueError(f"add a {DEFAULT_REASON!r} template, used for every reason without its own")
+        return value
+
     @model_validator(mode="after")
-    def _template_needed(self) -> "StepSpec":
-        if self.kind != "rep_task" and not self.template:
-            raise ValueError("an email step needs a template")
+    def _timing_and_template(self) -> "StepSpec":
+        if self.anchor is None and self.day is None:
+            raise ValueError("give day (days after enrollment) or anchor (a calendar date)")
+        if self.anchor is not None and self.day is not None:
+            raise ValueError("an anchored step takes no day: it is sent before its anchor, after the previous step")
+        if self.template and self.templates_by_reason:
+            raise ValueError("give template or templates_by_reason (with its default), not both")
+        if self.kind != "rep_task" and not self.template and not self.templates_by_reason:
+            raise ValueError("an email step needs a template (or templates_by_reason)")
         return self
 
     @property
     def day_min(self) -> int:
-        return self.day[0]  # type: ignore[index]
+        return self.day[0] if self.day else 0  # type: ignore[index]
 
     @property
     def day_max(self) -> int:
-        return self.day[1]  # type: ignore[index]
+        return self.day[1] if self.day else 0  # type: ignore[index]
+
+    @property
+    def default_template(self) -> str:
+        return self.templates_by_reason.get(DEFAULT_REASON, self.template)
+
+    @property
+    def template_names(self) -> list[str]:
+        """Every template this step may send: one, or one per lost reason."""
+        return sorted(set(self.templates_by_reason.values())) if self.templates_by_reason else [self.template]
 
 
 class SequenceSpec(_Strict):
@@ -97,6 +151,7 @@ class SequenceSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
     status: Literal[SEQUENCE_STATUSES] = "active"  # type: ignore[valid-type]
+    trigger: Literal[SEQUENCE_TRIGGERS] = "manual"  # type: ignore[valid-type]
     timezone: str = "UTC"
     send_window: SendWindowSpec = SendWindowSpec()
     throttle_per_hour: int | None = Field(default=None, ge=1)
@@ -138,13 +193,15 @@ def load_sequence_file(path: Path) -> SequenceSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SequenceFileError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except ValueError as exc:  # an impossible date such as 2027-13-01: YAML reads dates itself
+        raise SequenceFileError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SequenceFileError(f"{path}: expected a mapping with key, name and steps")
     return parse_sequence(data, str(path))
 
 
 def sequence_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml") and p.name != PIPELINE_FILE)
 
 
 def _describe(error: dict, data: object, source: str) -> str:
@@ -160,15 +217,15 @@ def _describe(error: dict, data: object, source: str) -> str:
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-after"))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown field" + _suggest(str(loc[-1]), _known_fields(error, loc))
+        message = "unknown field" + suggest(str(loc[-1]), _known_fields(error, loc))
     elif error["type"] == "literal_error" and isinstance(error.get("input"), str):
         expected = re.findall(r"'([^']+)'", error["msg"])
-        message = f"{error['input']!r} is not one of {', '.join(expected)}" + _suggest(error["input"], expected)
+        message = f"{error['input']!r} is not one of {', '.join(expected)}" + suggest(error["input"], expected)
     return ": ".join(where + ([f"field {field!r}"] if field else []) + [message])
 
 
 def _known_fields(error: dict, loc: list) -> list[str]:
-    models = {"send_window": SendWindowSpec, "exit_on": ExitSpec}
+    models = {"send_window": SendWindowSpec, "exit_on": ExitSpec, "anchor": AnchorSpec}
     parent = loc[-2] if len(loc) >= 2 else None
     if parent in models:
         return list(models[parent].model_fields)
@@ -177,6 +234,6 @@ def _known_fields(error: dict, loc: list) -> list[str]:
     return list(SequenceSpec.model_fields)
 
 
-def _suggest(word: str, choices: list[str]) -> str:
+def suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
