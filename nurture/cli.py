@@ -431,7 +431,8 @@ def worker_command(burst, simple) -> None:
     queue = send_queue(settings)
     worker_class = SimpleWorker if simple else Worker
     worker = worker_class([queue], connection=queue.connection)
-    worker.work(burst=burst, logging_level="WARNING")
+    # with_scheduler: retries with backoff (notification webhooks) wait in RQ's scheduled registry until due
+    worker.work(burst=burst, logging_level="WARNING", with_scheduler=True)
 
 
 @cli.command("demo")
