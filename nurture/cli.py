@@ -95,7 +95,8 @@ def campaigns_load(campaigns_dir, templates_dir, now) -> None:
                                 settings.clock.now())
     for label, items in (("templates added", report.templates_added), ("templates updated", report.templates_updated),
                          ("sequences added", report.sequences_added), ("sequences updated", report.sequences_updated),
-                         ("steps retired", report.steps_retired)):
+                         ("steps retired", report.steps_retired), ("stages added", report.stages_added),
+                         ("stages updated", report.stages_updated), ("stages removed", report.stages_removed)):
         if items:
             click.echo(f"{label}: {', '.join(items)}")
     click.echo(f"unchanged: {report.unchanged}")

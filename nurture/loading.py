@@ -7,6 +7,8 @@ by key; their steps are mapped by stable step key: a step with a known key is
 updated in place (enrolled leads get the new delay, template and subjects for
 steps they have not reached), a new key is added, and a key that disappeared is
 retired (enrollments skip it; messages already sent keep pointing at it).
+The pipeline (``pipeline.yaml`` in the campaigns folder, or the shipped default)
+is checked with them and synced into the ``Stage`` rows (see ``pipeline.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlmodel import Session, select
 
 from .errors import SequenceFileError, TemplateError
 from .models import EmailTemplate, Sequence, Step
-from .pipeline import load_pipeline, pipeline_file
+from .pipeline import load_pipeline, pipeline_file, sync_pipeline
 from .rendering import CompiledSource, compile_template, template_files
 from .sequences import DEFAULT_REASON, SequenceSpec, suggest, load_sequence_file, sequence_files
 
@@ -32,6 +34,9 @@ class LoadReport:
     sequences_added: list[str] = field(default_factory=list)
     sequences_updated: list[str] = field(default_factory=list)
     steps_retired: list[str] = field(default_factory=list)
+    stages_added: list[str] = field(default_factory=list)
+    stages_updated: list[str] = field(default_factory=list)
+    stages_removed: list[str] = field(default_factory=list)
     unchanged: int = 0
 
 
@@ -59,11 +64,10 @@ def check_campaigns(campaigns_dir: Path, templates_dir: Path, default_language: 
             problems.append(str(exc))
     available = {(c.name, c.language) for c in compiled}
     reasons: list[str] = []
-    if any(step.templates_by_reason for spec in specs for step in spec.steps):
-        try:
-            reasons = load_pipeline(pipeline_file(campaigns_dir)).lost_reason_keys
-        except SequenceFileError as exc:
-            problems.append(str(exc))
+    try:  # the pipeline (stages, rules, lost reasons) is checked and loaded with the sequences
+        reasons = load_pipeline(pipeline_file(campaigns_dir)).lost_reason_keys
+    except SequenceFileError as exc:
+        problems.append(str(exc))
     for spec in specs:
         for step in spec.steps:
             where = f"{paths[spec.key]}: step {step.key}"
@@ -87,6 +91,8 @@ def load_campaigns(session: Session, campaigns_dir: Path, templates_dir: Path, d
         _upsert_template(session, source, now, report)
     for spec in specs:
         _upsert_sequence(session, spec, now, report)
+    stages = sync_pipeline(session, load_pipeline(pipeline_file(campaigns_dir)), now)
+    report.stages_added, report.stages_updated, report.stages_removed = stages.added, stages.updated, stages.removed
     session.commit()
     return report
 

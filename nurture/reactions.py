@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from .config import Settings
 from .models import Enrollment, Event, Lead, Message, Sequence
 from .send_window import zone
+from .stages import on_engagement
 from .suppression import exit_enrollments
 
 FREE_MAIL_DOMAINS = frozenset({
@@ -38,6 +39,7 @@ def on_reply(session: Session, lead: Lead, from_address: str, now: datetime) -> 
     if lead.status in ("active", "paused", "replied"):  # an unsubscribed or bounced lead stays so
         lead.status, lead.paused_until, lead.updated_at = "replied", None, now
         session.add(lead)
+    on_engagement(session, lead, now, "replied")
     exited = exit_enrollments(session, _active_enrollments(session, [lead.id], Sequence.exit_on_reply), "replied", now)
     actions.append(f"lead {lead.email} replied; {exited} sequence(s) stopped")
     domain = (from_address or lead.email).rpartition("@")[2].lower()
@@ -67,7 +69,14 @@ def on_auto_reply(session: Session, settings: Settings, lead: Lead, return_date:
 
 
 def on_tracking_events(session: Session, events: list[Event], now: datetime) -> None:
-    """Exit on click: a human click exits that message's sequence when it asks for it."""
+    """Exit on click: a human click exits that message's sequence when it asks for it (and engages the lead)."""
+    clicked_at: dict[int, datetime] = {}
+    for event in events:
+        if event.kind == "click" and not event.is_machine:
+            clicked_at[event.lead_id] = min(event.occurred_at, clicked_at.get(event.lead_id, event.occurred_at))
+    if clicked_at:
+        for lead in session.exec(select(Lead).where(Lead.id.in_(clicked_at))).all():
+            on_engagement(session, lead, clicked_at[lead.id], "clicked a link")
     message_ids = {e.message_id for e in events if e.kind == "click" and not e.is_machine and e.message_id}
     if not message_ids:
         return

@@ -38,6 +38,7 @@ from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, UtcDateTime, Event, L
 from .rendering import Renderer
 from .send_window import seed_fraction
 from .signing import sign
+from .stages import on_first_send
 from .suppression import exit_enrollments, suppress
 from .tracking import rewrite
 from .transports import Transport, UnknownOutcomeError
@@ -123,12 +124,14 @@ def send_batch(session: Session, settings: Settings, message_ids: list[int], tra
     report = SendReport()
     batch = _Batch(session, message_ids)
     report.ignored = len(set(message_ids)) - len(batch.messages)
+    lead_of = {m.id: m.lead_id for m in batch.messages}  # sent messages move their leads on (stage rules)
     pending: list[Callable[[], None]] = []  # rare outcomes, written in the transaction of the next claim
     sent_rows: list[dict] = []  # the common outcome, written in one statement
 
     def flush() -> None:
         if sent_rows:
             session.connection().execute(_SENT, sent_rows)
+            on_first_send(session, [lead_of[row["b_id"]] for row in sent_rows], now())
             sent_rows.clear()
         for write in pending:
             write()

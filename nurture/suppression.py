@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from .addresses import normalise
 from .models import SUPPRESSION_REASONS, Enrollment, Lead, Message, Suppression
+from .stages import on_unsubscribe
 
 LEAD_STATUS_FOR_REASON = {"unsubscribed": "unsubscribed", "bounce_hard": "bounced", "complaint": "complained"}
 
@@ -55,6 +56,8 @@ def suppress(session: Session, email: str, reason: str, now: datetime, note: str
             lead.updated_at = now
             session.add(lead)
         stop_lead(session, lead.id, f"suppressed: {reason}", now)
+        if reason == "unsubscribed":
+            on_unsubscribe(session, lead, now)  # the stage rule: unsubscribed leads are archived
     session.flush()
     return existing is None
 
