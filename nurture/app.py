@@ -26,11 +26,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .queues import redis_connection
     from .tracking_views import blueprint as tracking_blueprint
     from .unsubscribe import blueprint as unsubscribe_blueprint
+    from .web import init_admin
 
     app.extensions["nurture_redis"] = redis_connection(settings)
     app.register_blueprint(unsubscribe_blueprint)
     app.register_blueprint(tracking_blueprint)
     app.register_blueprint(inbound_blueprint)
+    init_admin(app)
     if settings.catcher_dir:
         from .caught_mail import blueprint as caught_blueprint
 

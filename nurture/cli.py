@@ -128,23 +128,34 @@ def users() -> None:
 @click.option("--role", type=click.Choice(["admin", "marketer", "rep", "manager"]), default="rep", show_default=True)
 @click.option("--title", default="", help="Job title, shown in the email signature.")
 @click.option("--phone", default="", help="Phone, shown in the email signature.")
+@click.option("--admin", "make_admin", is_flag=True, help="Make the user an admin (same as --role admin); asks for a password.")
+@click.option("--password", "set_password", is_flag=True, help="Ask for a password for the admin UI (read from stdin when not a terminal).")
 @now_option
-def users_create(email, name, role, title, phone, now) -> None:
+def users_create(email, name, role, title, phone, make_admin, set_password, now) -> None:
     """Create a user (or update the name, role, title and phone of an existing one)."""
     from email_validator import EmailNotValidError, validate_email
 
     from .models import User
+    from .web.passwords import hash_password, password_problem
 
     try:
         email = validate_email(email, check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         raise click.BadParameter(str(exc), param_hint="EMAIL") from None
+    role = "admin" if make_admin else role
+    password_hash = None
+    if make_admin or set_password:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+        if password_problem(password):
+            raise click.BadParameter(password_problem(password), param_hint="password")
+        password_hash = hash_password(password)
     settings = settings_for(now)
     with open_session(settings) as session:
         user = session.exec(select(User).where(User.email == email)).first()
         created = user is None
         user = user or User(email=email, created_at=settings.clock.now())
         user.name, user.role, user.title, user.phone = name or user.name or email.split("@")[0], role, title or user.title, phone or user.phone
+        user.password_hash = password_hash or user.password_hash
         session.add(user)
         session.commit()
         click.echo(f"{'created' if created else 'updated'} {role} {email} (id {user.id})")
