@@ -28,6 +28,7 @@ from mjml import mjml2html
 
 from .errors import TemplateError
 from .plaintext import html_to_text
+from .refusal_context import SAMPLE as REFUSAL_SAMPLE
 
 TEMPLATE_NAME = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]*)\.(?P<lang>en|ru)\.mjml$")
 MAX_TEMPLATE_BYTES = 512 * 1024
@@ -78,6 +79,7 @@ def sample_context() -> dict:
         "subject": "Sample subject",
         "base_url": "https://example.com",
         "site_url": "https://example.com",
+        "refusal": dict(REFUSAL_SAMPLE),
     }
 
 

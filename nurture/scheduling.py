@@ -65,8 +65,9 @@ def sequence_window(sequence: Sequence) -> SendWindow:
     return _window(sequence.send_days, sequence.send_start, sequence.send_end)
 
 
-def lead_zone(lead_timezone: str | None, sequence: Sequence, settings: Settings):
-    for name in (lead_timezone, sequence.timezone, settings.default_timezone):
+def lead_zone(lead_timezone: str | None, sequence: Sequence, settings: Settings | None):
+    """The lead's zone, else the sequence's, else the default (UTC without settings)."""
+    for name in (lead_timezone, sequence.timezone, settings.default_timezone if settings else None):
         if name:
             try:
                 return zone(name)
