@@ -465,5 +465,9 @@ def _progress() -> Progress:
                     console=console, transient=True, disable=not sys.stderr.isatty())
 
 
+from .cli_analytics import commands as analytics_commands  # noqa: E402  (defined there, registered here)
+
+for command in analytics_commands: cli.add_command(command)  # noqa: E701  funnel, steps, bottleneck, plan, forecast
+
 if __name__ == "__main__":
     main()

@@ -107,6 +107,7 @@ class Settings:
     webhook_secret: str | None = None  # NURTURE_WEBHOOK_SECRET: HMAC-SHA256 key of X-Nurture-Signature
     webhook_retry_intervals: tuple[int, ...] = (10, 60, 300, 1800)  # NURTURE_WEBHOOK_RETRY_INTERVALS: seconds, comma-separated
     stuck_days: int = 30  # NURTURE_STUCK_DAYS: time-in-stage limit while a stage has too little history for its p90
+    ab_auto_promote: bool = False  # NURTURE_AB_AUTO_PROMOTE: new sends of a step use its declared A/B winner (nurture steps --promote)
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
     @property
@@ -178,6 +179,8 @@ class Settings:
             kwargs["smtp"] = SmtpSettings.from_url(get("NURTURE_SMTP_URL"))
         if get("NURTURE_FROM"):
             kwargs["from_name"], kwargs["from_address"] = _parse_from(get("NURTURE_FROM"))
+        if get("NURTURE_AB_AUTO_PROMOTE"):
+            kwargs["ab_auto_promote"] = _parse_switch("NURTURE_AB_AUTO_PROMOTE", get("NURTURE_AB_AUTO_PROMOTE"))
         kwargs["clock"] = _clock_from_env(env)
         settings = cls(**kwargs)
         settings.check()
@@ -233,6 +236,16 @@ def _parse_intervals(text: str) -> tuple[int, ...]:
     if any(i < 0 for i in intervals):
         raise ConfigError(f"NURTURE_WEBHOOK_RETRY_INTERVALS: {text!r}: a wait cannot be negative")
     return intervals
+
+
+def _parse_switch(var: str, text: str) -> bool:
+    """``true``/``false`` (also yes/no, on/off, 1/0) as a bool."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var}: {text!r} must be true or false")
 
 
 def _clock_from_env(env: dict[str, str]) -> Clock:

@@ -30,6 +30,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from .analytics.ab_winners import promoted_variants, variant_for
 from .attempt_journal import AttemptJournal
 from .config import Settings
 from .errors import PermanentSendError, TransientSendError
@@ -123,6 +124,7 @@ def send_batch(session: Session, settings: Settings, message_ids: list[int], tra
     """
     report = SendReport()
     batch = _Batch(session, message_ids)
+    batch.promoted = promoted_variants(session) if settings.ab_auto_promote else {}
     report.ignored = len(set(message_ids)) - len(batch.messages)
     lead_of = {m.id: m.lead_id for m in batch.messages}  # sent messages move their leads on (stage rules)
     pending: list[Callable[[], None]] = []  # rare outcomes, written in the transaction of the next claim
@@ -210,7 +212,7 @@ def _compose(settings, batch: _Batch, renderer: Renderer, message: Message, lead
         raise LookupError(f"template {step.template!r} is not loaded (run `nurture campaigns load`)")
     language = template.language
     subjects = step.subjects.get(language) or template.subjects
-    variant = pick_variant(lead.id, step.key, len(subjects))
+    variant = variant_for(batch.promoted, step.id, len(subjects), pick_variant(lead.id, step.key, len(subjects)))
     unsubscribe_url, unsubscribe_mailto = unsubscribe_links(settings, message.id)
     context = render_context(settings, lead, batch.owners.get(lead.owner_id), unsubscribe_url)
     rendered = renderer.render(template, subjects[variant], context)
