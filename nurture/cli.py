@@ -7,7 +7,6 @@ code 1, never a traceback. Every time-dependent command takes ``--now``
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -179,12 +178,7 @@ def leads_import(file, mappings, encoding, tags, rejects, now) -> None:
     """Import leads from a CSV file (created / updated / rejected)."""
     from .lead_import import import_leads
 
-    mapping = {}
-    for item in mappings:
-        column, sep, target = item.rpartition("=")
-        if not sep or not column.strip():
-            raise click.BadParameter(f"{item!r}: use COLUMN=FIELD", param_hint="--map")
-        mapping[column] = target.strip()
+    mapping = parse_mapping(mappings, "--map", "COLUMN=FIELD")
     settings = settings_for(now)
     data = Path(file).read_bytes()
     with open_session(settings) as session, _progress() as progress:
@@ -193,18 +187,7 @@ def leads_import(file, mappings, encoding, tags, rejects, now) -> None:
                               progress=lambda done, total: progress.update(task, completed=done, total=total), extra_tags=list(tags))
     click.echo(f"rows: {report.rows}  created: {report.created}  updated: {report.updated}  "
                f"merged duplicates: {report.merged}  rejected: {len(report.rejected)}")
-    for reject in report.rejected[:20]:
-        click.echo(f"  line {reject.line}: {reject.reason}", err=True)
-    if len(report.rejected) > 20:
-        click.echo(f"  ... {len(report.rejected) - 20} more (use --rejects FILE)", err=True)
-    if rejects:
-        with open(rejects, "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            columns = list(report.rejected[0].row) if report.rejected else []
-            writer.writerow(["line", "reason", *columns])
-            for reject in report.rejected:
-                writer.writerow([reject.line, reject.reason, *(reject.row.get(c, "") for c in columns)])
-        click.echo(f"rejects written to {rejects}")
+    show_rejects(report.rejected, rejects)
     if report.created + report.updated == 0:
         raise NurtureError("no valid rows: nothing was imported")
 
@@ -460,6 +443,30 @@ def demo_command(speed, days, workdir, port, headless) -> None:
     run_demo(speed=speed, days=days, workdir=Path(workdir), port=port, headless=headless)
 
 
+def parse_mapping(items: tuple[str, ...], option: str, shape: str) -> dict[str, str]:
+    """``("Почта=email", ...)`` -> ``{"Почта": "email"}``; the last ``=`` splits, so columns may contain one."""
+    mapping = {}
+    for item in items:
+        column, sep, target = item.rpartition("=")
+        if not sep or not column.strip():
+            raise click.BadParameter(f"{item!r}: use {shape}", param_hint=option)
+        mapping[column] = target.strip()
+    return mapping
+
+
+def show_rejects(rejected: list, path: str | None) -> None:
+    """The first rejected rows on stderr (line and reason), and all of them in ``path`` as CSV."""
+    from .lead_import import rejects_csv
+
+    for reject in rejected[:20]:
+        click.echo(f"  line {reject.line}: {reject.reason}", err=True)
+    if len(rejected) > 20:
+        click.echo(f"  ... {len(rejected) - 20} more (use --rejects FILE)", err=True)
+    if path:
+        Path(path).write_text(rejects_csv(rejected), encoding="utf-8", newline="")
+        click.echo(f"rejects written to {path}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True, disable=not sys.stderr.isatty())
@@ -468,6 +475,12 @@ def _progress() -> Progress:
 from .cli_analytics import commands as analytics_commands  # noqa: E402  (defined there, registered here)
 
 for command in analytics_commands: cli.add_command(command)  # noqa: E701  funnel, steps, bottleneck, plan, forecast
+
+from .cli_pipeline import history_group, leads_stage, pipeline_group  # noqa: E402  (defined there, registered here)
+
+cli.add_command(pipeline_group)
+cli.add_command(history_group)
+leads.add_command(leads_stage)
 
 if __name__ == "__main__":
     main()

@@ -74,11 +74,21 @@ def _normalise_header(name: str) -> str:
 
 def map_headers(headers: list[str], mapping: dict[str, str] | None = None) -> dict[int, str]:
     """Column index -> lead field, or ``custom:<header>`` for the rest."""
+    result = map_columns(headers, mapping, SYNONYMS)
+    if "email" not in result.values():
+        raise ImportFileError(f"line 1: no email column among {', '.join(repr(h) for h in headers)}; "
+                              "map one with --map 'Column=email'")
+    return result
+
+
+def map_columns(headers: list[str], mapping: dict[str, str] | None, synonyms: dict[str, list[str]]) -> dict[int, str]:
+    """Column index -> field (named in ``synonyms`` or by ``mapping``), or ``custom:<header>`` for the rest."""
+    fields = tuple(synonyms)
     mapping = {_normalise_header(k): v for k, v in (mapping or {}).items()}
-    unknown_targets = set(mapping.values()) - set(LEAD_FIELDS)
+    unknown_targets = set(mapping.values()) - set(fields)
     if unknown_targets:
-        raise ImportFileError(f"--map: unknown field(s) {', '.join(sorted(unknown_targets))}; known: {', '.join(LEAD_FIELDS)}")
-    lookup = {_normalise_header(s): f for f, names in SYNONYMS.items() for s in names}
+        raise ImportFileError(f"--map: unknown field(s) {', '.join(sorted(unknown_targets))}; known: {', '.join(fields)}")
+    lookup = {_normalise_header(s): f for f, names in synonyms.items() for s in names}
     result: dict[int, str] = {}
     seen: dict[str, str] = {}
     for index, header in enumerate(headers):
@@ -90,9 +100,6 @@ def map_headers(headers: list[str], mapping: dict[str, str] | None = None) -> di
             raise ImportFileError(f"line 1: columns {seen[target]!r} and {header!r} both map to {target.removeprefix('custom:')}")
         seen[target] = header
         result[index] = target
-    if "email" not in result.values():
-        raise ImportFileError(f"line 1: no email column among {', '.join(repr(h) for h in headers)}; "
-                              "map one with --map 'Column=email'")
     for source in mapping:
         if source not in {_normalise_header(h) for h in headers}:
             raise ImportFileError(f"--map: the file has no column {source!r}")
@@ -135,7 +142,7 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     try:
         header = next(reader, None)
         if not header or not any(h.strip() for h in header):
-            raise ImportFileError("the file is empty: expected a header line with an email column")
+            raise ImportFileError("the file is empty: expected a header line")
         if len(header) > MAX_COLUMNS:
             raise ImportFileError(f"line 1: {len(header)} columns; at most {MAX_COLUMNS}")
         line = reader.line_num
@@ -146,6 +153,17 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     except csv.Error as exc:
         raise ImportFileError(f"line {line + 1}: malformed CSV: {exc} (an unclosed quote?)") from None
     return header, rows
+
+
+def rejects_csv(rejected: list[Reject]) -> str:
+    """The rejected rows as CSV: line, reason, then the row's own columns."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    columns = list(rejected[0].row) if rejected else []
+    writer.writerow(["line", "reason", *columns])
+    for reject in rejected:
+        writer.writerow([reject.line, reject.reason, *(reject.row.get(c, "") for c in columns)])
+    return out.getvalue()
 
 
 def _check_row(fields: list[str], columns: dict[int, str], header: list[str], owners: dict[str, int],
