@@ -35,6 +35,7 @@ class SourceProblem:
 
 def check_source(settings: Settings, name: str, language: str, subjects_text: str, mjml: str) -> CompiledSource | SourceProblem:
     """Compile an edited template; includes resolve in the templates folder, as for files."""
+    mjml = mjml.replace("\r\n", "\n")  # browsers send textareas with CRLF line ends; mrml rejects a CR
     subjects = [line.strip() for line in subjects_text.splitlines() if line.strip()]
     if not subjects:
         return SourceProblem("subjects", None, "give at least one subject line")
