@@ -482,5 +482,10 @@ cli.add_command(pipeline_group)
 cli.add_command(history_group)
 leads.add_command(leads_stage)
 
+from .cli_review import notifications, review  # noqa: E402  (defined there, registered here)
+
+cli.add_command(review)
+cli.add_command(notifications)
+
 if __name__ == "__main__":
     main()

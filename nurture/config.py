@@ -107,6 +107,7 @@ class Settings:
     webhook_secret: str | None = None  # NURTURE_WEBHOOK_SECRET: HMAC-SHA256 key of X-Nurture-Signature
     webhook_retry_intervals: tuple[int, ...] = (10, 60, 300, 1800)  # NURTURE_WEBHOOK_RETRY_INTERVALS: seconds, comma-separated
     stuck_days: int = 30  # NURTURE_STUCK_DAYS: time-in-stage limit while a stage has too little history for its p90
+    review_at: tuple[int, int, int] = (4, 16, 0)  # NURTURE_REVIEW_AT: "fri 16:00" (default zone): the weekly review's moment
     ab_auto_promote: bool = False  # NURTURE_AB_AUTO_PROMOTE: new sends of a step use its declared A/B winner (nurture steps --promote)
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
@@ -173,6 +174,8 @@ class Settings:
                     raise ConfigError(f"{var}: {get(var)!r} is not a whole number") from None
                 if kwargs[name] < 1:
                     raise ConfigError(f"{var}: must be at least 1")
+        if get("NURTURE_REVIEW_AT"):
+            kwargs["review_at"] = _parse_review_at(get("NURTURE_REVIEW_AT"))
         if get("NURTURE_WEBHOOK_RETRY_INTERVALS"):
             kwargs["webhook_retry_intervals"] = _parse_intervals(get("NURTURE_WEBHOOK_RETRY_INTERVALS"))
         if get("NURTURE_SMTP_URL"):
@@ -225,6 +228,18 @@ def _parse_from(text: str) -> tuple[str, str]:
     except EmailNotValidError as exc:
         raise ConfigError(f"NURTURE_FROM: {text!r}: {exc}") from None
     return name or addr.partition("@")[0], addr
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _parse_review_at(text: str) -> tuple[int, int, int]:
+    """``"fri 16:00"`` -> (4, 16, 0): weekday (Monday 0), hour, minute."""
+    day, _, clock = text.strip().lower().partition(" ")
+    hour, _, minute = clock.strip().partition(":")
+    if day[:3] not in WEEKDAYS or not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+        raise ConfigError(f"NURTURE_REVIEW_AT: {text!r} must be a weekday and a time, e.g. 'fri 16:00'")
+    return WEEKDAYS.index(day[:3]), int(hour), int(minute)
 
 
 def _parse_intervals(text: str) -> tuple[int, ...]:

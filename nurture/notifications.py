@@ -203,6 +203,7 @@ def requeue_pending(session: Session, settings: Settings, now: datetime, *, incl
         Notification.status == "pending", Notification.channel != "task",
         Notification.created_at <= now - (timedelta(0) if include_failed else STALE_PENDING),
     ).order_by(Notification.id)).all()
+    session.commit()  # end the read: on SQLite every transaction holds the write lock
     return enqueue_deliveries(settings, list(ids)) if ids else 0
 
 

@@ -1,8 +1,15 @@
-"""Work the scheduler does besides claiming steps: drain tracking events, poll the mailbox.
+"""Work the scheduler does besides claiming steps: drain tracking events, poll the mailbox,
+review the week, bring cooled leads back, and re-enqueue notifications whose job was lost.
 
 Events are drained every tick, so a hit reaches the lead's timeline within
 seconds. The mailbox is polled every ``imap_poll_seconds`` (when configured);
 a poll that fails is logged and retried next time, it never stops the tick.
+The weekly review runs on the first tick after ``NURTURE_REVIEW_AT`` in each
+ISO week (of nurture's clock: ``--now`` and the demo's sped-up clock count); it
+is idempotent per week, so a restarted scheduler running it again sends nothing
+twice. Cooled leads due to return are enrolled at most once per hour of
+nurture's clock; pending notifications without a job are enqueued again once a
+minute.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import datetime, timedelta
 
 import redis
 from sqlmodel import Session
@@ -27,6 +35,9 @@ class Periodic:
         self.connection = connection
         self.consumer = f"scheduler-{os.uname().nodename}-{os.getpid()}"
         self.last_poll = 0.0
+        self.last_review_week: str | None = None
+        self.last_returns: datetime | None = None
+        self.last_requeue = 0.0
 
     def run(self, session: Session) -> list[str]:
         lines = []
@@ -51,4 +62,42 @@ class Periodic:
             except Exception as exc:  # a mailbox outage must not stop sending
                 session.rollback()
                 log.warning("polling %s failed: %s", "the IMAP mailbox", exc)
+        lines += self.review_and_return(session, self.settings.clock.now())
+        return lines
+
+    def review_and_return(self, session: Session, now: datetime) -> list[str]:
+        from .cold_return import return_cooled_leads
+        from .notifications import requeue_pending
+        from .weekly_review import review_moment, run_weekly_review, week_of
+
+        lines = []
+        week = week_of(now)[0]
+        if week != self.last_review_week and now >= review_moment(self.settings, now):
+            try:
+                review = run_weekly_review(session, self.settings, now)
+                self.last_review_week = week
+                sent = sum(d["status"] == "sent" for d in review.digests)
+                if review.cooled or review.flagged or sent:
+                    lines.append(f"weekly review {week}: cooled {sum(c['moved'] for c in review.cooled)}, "
+                                 f"stuck {len(review.stuck)} ({review.flagged} new), digests {sent}")
+            except Exception as exc:  # retried next tick; sending goes on
+                session.rollback()
+                log.warning("the weekly review failed: %s", exc)
+        if self.last_returns is None or now - self.last_returns >= timedelta(hours=1):
+            try:
+                returned = return_cooled_leads(session, self.settings, now)
+                self.last_returns = now
+                if returned.enrolled or returned.problem:
+                    lines.append(f"cold leads back: {returned.enrolled} enrolled in the re-offer"
+                                 + (f" ({returned.problem})" if returned.problem else ""))
+            except Exception as exc:
+                session.rollback()
+                log.warning("returning cooled leads failed: %s", exc)
+        if time.monotonic() - self.last_requeue >= 60:
+            self.last_requeue = time.monotonic()
+            try:
+                requeue_pending(session, self.settings, now)
+            except Exception as exc:
+                session.rollback()
+                log.warning("re-enqueueing notifications failed: %s", exc)
         return lines
