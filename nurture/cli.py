@@ -344,7 +344,7 @@ def events_drain() -> None:
     total = 0
     with open_session(settings) as session:
         while stored := drain(session, connection, stream_key(settings.queue_name), f"cli-{os.getpid()}",
-                              on_events=lambda s, e: on_tracking_events(s, e, settings.clock.now())):
+                              on_events=lambda s, e: on_tracking_events(s, e, settings.clock.now(), settings)):
             total += stored
     click.echo(f"stored {total} event(s)")
 
@@ -486,6 +486,13 @@ from .cli_review import notifications, review  # noqa: E402  (defined there, reg
 
 cli.add_command(review)
 cli.add_command(notifications)
+
+from .cli_model import leads_rescore, leads_why, model_group  # noqa: E402  (defined there, registered here)
+
+cli.add_command(model_group)
+leads.add_command(leads_rescore)
+leads.add_command(leads_why)
+
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,10 @@ class Settings:
     reply_address: str | None = None  # NURTURE_REPLY_ADDRESS: replies@domain -> Reply-To: replies+TOKEN@domain
     auto_reply_pause_days: int = 7  # NURTURE_AUTO_REPLY_PAUSE_DAYS: pause after an out-of-office with no date
     soft_bounce_limit: int = 3  # NURTURE_SOFT_BOUNCE_LIMIT: soft bounces before an address is suppressed
+    score_half_life_days: float = 14.0  # NURTURE_SCORE_HALF_LIFE_DAYS: an engagement counts half after this many days
+    warm_threshold: float = 0.3  # NURTURE_WARM_THRESHOLD: a lead whose close probability crosses this is warm (0..1)
+    warm_rise_points: float = 10.0  # NURTURE_WARM_RISE_POINTS: ... or whose probability rises more than this in a day
+    min_closed_for_fit: int = 30  # NURTURE_MIN_CLOSED_FOR_FIT: won + lost leads needed before weights are fitted
     warm_notice_days: int = 3  # NURTURE_WARM_NOTICE_DAYS: at most one warm-up notice per lead this often (a reply always notifies)
     slack_webhook_url: str | None = None  # NURTURE_SLACK_WEBHOOK_URL: Slack-compatible incoming webhook for reps without their own
     webhook_url: str | None = None  # NURTURE_WEBHOOK_URL: generic JSON webhook, signed with NURTURE_WEBHOOK_SECRET
@@ -163,6 +167,7 @@ class Settings:
             "NURTURE_IMAP_POLL_SECONDS": "imap_poll_seconds",
             "NURTURE_AUTO_REPLY_PAUSE_DAYS": "auto_reply_pause_days",
             "NURTURE_SOFT_BOUNCE_LIMIT": "soft_bounce_limit",
+            "NURTURE_MIN_CLOSED_FOR_FIT": "min_closed_for_fit",
             "NURTURE_WARM_NOTICE_DAYS": "warm_notice_days",
             "NURTURE_STUCK_DAYS": "stuck_days",
         }
@@ -184,6 +189,13 @@ class Settings:
             kwargs["from_name"], kwargs["from_address"] = _parse_from(get("NURTURE_FROM"))
         if get("NURTURE_AB_AUTO_PROMOTE"):
             kwargs["ab_auto_promote"] = _parse_switch("NURTURE_AB_AUTO_PROMOTE", get("NURTURE_AB_AUTO_PROMOTE"))
+        for var, name in (("NURTURE_SCORE_HALF_LIFE_DAYS", "score_half_life_days"),
+                          ("NURTURE_WARM_THRESHOLD", "warm_threshold"), ("NURTURE_WARM_RISE_POINTS", "warm_rise_points")):
+            if get(var):
+                try:
+                    kwargs[name] = float(get(var))
+                except ValueError:
+                    raise ConfigError(f"{var}: {get(var)!r} is not a number") from None
         kwargs["clock"] = _clock_from_env(env)
         settings = cls(**kwargs)
         settings.check()
@@ -213,6 +225,12 @@ class Settings:
             raise ConfigError("NURTURE_INBOUND_SECRET: use at least 16 random characters")
         if self.default_language not in ("en", "ru"):
             raise ConfigError(f"NURTURE_DEFAULT_LANGUAGE: {self.default_language!r} must be en or ru")
+        if not 0 < self.score_half_life_days <= 3650:
+            raise ConfigError(f"NURTURE_SCORE_HALF_LIFE_DAYS: {self.score_half_life_days:g} must be above 0 and at most 3650")
+        if not 0 < self.warm_threshold < 1:
+            raise ConfigError(f"NURTURE_WARM_THRESHOLD: {self.warm_threshold:g} must be a probability between 0 and 1 (e.g. 0.3)")
+        if not 0 < self.warm_rise_points < 100:
+            raise ConfigError(f"NURTURE_WARM_RISE_POINTS: {self.warm_rise_points:g} must be percentage points between 0 and 100")
         try:
             ZoneInfo(self.default_timezone)
         except (ZoneInfoNotFoundError, ValueError):

@@ -102,6 +102,10 @@ def process_raw(session: Session, settings: Settings, raw: bytes, source: str, n
         result.message_id = message.id if message else None
         if lead is not None:
             result.actions += _react(session, settings, verdict, lead, message, now)
+    if result.lead is not None:  # a reply always warms the lead; a bounce or an unsubscribe lowers it
+        from .warmup import after_inbound
+
+        result.actions += after_inbound(session, settings, result.lead, result.kind, now)
     session.add(InboundMail(dedupe_key=key, received_at=now, source=source, kind=result.kind,
                             from_address=verdict.from_address[:320], subject=subject[:2000],
                             lead_id=session.exec(select(Lead.id).where(Lead.email == result.lead)).first() if result.lead else None,

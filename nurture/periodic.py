@@ -35,16 +35,37 @@ class Periodic:
         self.connection = connection
         self.consumer = f"scheduler-{os.uname().nodename}-{os.getpid()}"
         self.last_poll = 0.0
+        self.last_rescore_day: str | None = None
         self.last_review_week: str | None = None
         self.last_returns: datetime | None = None
         self.last_requeue = 0.0
+
+    def rescore_daily(self, session: Session) -> list[str]:
+        """Recompute every open lead's probability once per day of nurture's clock (decay), across schedulers."""
+        from .warmup import rescore_nightly
+
+        now = self.settings.clock.now()
+        day = now.date().isoformat()
+        if day == self.last_rescore_day:
+            return []
+        self.last_rescore_day = day
+        if not self.connection.set(f"nurture:rescored:{self.settings.queue_name}:{day}", self.consumer, nx=True, ex=2 * 86400):
+            return []  # another scheduler did today's
+        try:
+            count, warm = rescore_nightly(session, self.settings, now)
+        except Exception as exc:  # tomorrow's run catches up; sending goes on
+            session.rollback()
+            log.warning("the nightly rescore failed: %s", exc)
+            return []
+        log.info("nightly rescore: %d lead(s), %d warmed up", count, len(warm))
+        return [f"nightly rescore: {len(warm)} lead(s) warmed up"] if warm else []
 
     def run(self, session: Session) -> list[str]:
         lines = []
         stored = 0
         try:
             while batch := drain(session, self.connection, stream_key(self.settings.queue_name), self.consumer,
-                                 on_events=lambda s, e: on_tracking_events(s, e, self.settings.clock.now())):
+                                 on_events=lambda s, e: on_tracking_events(s, e, self.settings.clock.now(), self.settings)):
                 stored += batch
         except Exception as exc:  # Redis or the database: retried next tick; sending goes on
             session.rollback()
@@ -62,6 +83,7 @@ class Periodic:
             except Exception as exc:  # a mailbox outage must not stop sending
                 session.rollback()
                 log.warning("polling %s failed: %s", "the IMAP mailbox", exc)
+        lines += self.rescore_daily(session)
         lines += self.review_and_return(session, self.settings.clock.now())
         return lines
 

@@ -37,7 +37,7 @@ def _record(hit: dict[str, str]) -> None:
     settings = current_app.config["NURTURE"]
     try:
         record(current_app.extensions.get("nurture_redis"), stream_key(settings.queue_name), settings.database_url, hit,
-               on_events=lambda session, events: on_tracking_events(session, events, settings.clock.now()))
+               on_events=lambda session, events: on_tracking_events(session, events, settings.clock.now(), settings))
     except Exception:
         log.exception("could not record a %s of message %s", hit["kind"], hit["message_id"])
 

@@ -18,6 +18,7 @@ from .db import engine_for
 from .models import Event, Lead, Message, Sequence
 from .signing import verify
 from .suppression import exit_enrollments, suppress
+from .warmup import on_activity
 
 blueprint = Blueprint("unsubscribe", __name__)
 
@@ -70,5 +71,6 @@ def unsubscribe(token: str):
         else:
             suppress(session, lead.email, "unsubscribed", now, note=f"link in message {message.id}")
             done = texts["done"].format(email=lead.email)
+        on_activity(session, settings, [lead.id], now)  # no longer warm: its probability drops now
         session.commit()
     return render_template("unsubscribe.html", texts=texts, lead=lead, sequence=sequence, token=token, done=done)
