@@ -472,6 +472,11 @@ def _progress() -> Progress:
                     console=console, transient=True, disable=not sys.stderr.isatty())
 
 
+from .cli_review import notifications, review  # noqa: E402  (defined there, registered here)
+
+cli.add_command(review)
+cli.add_command(notifications)
+
 from .cli_analytics import commands as analytics_commands  # noqa: E402  (defined there, registered here)
 
 for command in analytics_commands: cli.add_command(command)  # noqa: E701  funnel, steps, bottleneck, plan, forecast
@@ -482,10 +487,9 @@ cli.add_command(pipeline_group)
 cli.add_command(history_group)
 leads.add_command(leads_stage)
 
-from .cli_review import notifications, review  # noqa: E402  (defined there, registered here)
+from .cli_refusal import refusal_group  # noqa: E402  (defined there, registered here)
 
-cli.add_command(review)
-cli.add_command(notifications)
+cli.add_command(refusal_group)
 
 from .cli_model import leads_rescore, leads_why, model_group  # noqa: E402  (defined there, registered here)
 

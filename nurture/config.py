@@ -112,6 +112,8 @@ class Settings:
     webhook_retry_intervals: tuple[int, ...] = (10, 60, 300, 1800)  # NURTURE_WEBHOOK_RETRY_INTERVALS: seconds, comma-separated
     stuck_days: int = 30  # NURTURE_STUCK_DAYS: time-in-stage limit while a stage has too little history for its p90
     review_at: tuple[int, int, int] = (4, 16, 0)  # NURTURE_REVIEW_AT: "fri 16:00" (default zone): the weekly review's moment
+    refusal_after: str = "re_offer"  # NURTURE_REFUSAL_AFTER: archive | re_offer, for a lead silent after the follow-up after refusal
+    refusal_silence_days: int = 14  # NURTURE_REFUSAL_SILENCE_DAYS: days without an answer after its last letter
     ab_auto_promote: bool = False  # NURTURE_AB_AUTO_PROMOTE: new sends of a step use its declared A/B winner (nurture steps --promote)
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
@@ -154,6 +156,7 @@ class Settings:
             "NURTURE_SLACK_WEBHOOK_URL": "slack_webhook_url",
             "NURTURE_WEBHOOK_URL": "webhook_url",
             "NURTURE_WEBHOOK_SECRET": "webhook_secret",
+            "NURTURE_REFUSAL_AFTER": "refusal_after",
         }
         for var, name in simple.items():
             if get(var):
@@ -170,6 +173,7 @@ class Settings:
             "NURTURE_MIN_CLOSED_FOR_FIT": "min_closed_for_fit",
             "NURTURE_WARM_NOTICE_DAYS": "warm_notice_days",
             "NURTURE_STUCK_DAYS": "stuck_days",
+            "NURTURE_REFUSAL_SILENCE_DAYS": "refusal_silence_days",
         }
         for var, name in numbers.items():
             if get(var):
@@ -231,6 +235,8 @@ class Settings:
             raise ConfigError(f"NURTURE_WARM_THRESHOLD: {self.warm_threshold:g} must be a probability between 0 and 1 (e.g. 0.3)")
         if not 0 < self.warm_rise_points < 100:
             raise ConfigError(f"NURTURE_WARM_RISE_POINTS: {self.warm_rise_points:g} must be percentage points between 0 and 100")
+        if self.refusal_after not in ("archive", "re_offer"):
+            raise ConfigError(f"NURTURE_REFUSAL_AFTER: {self.refusal_after!r} must be archive or re_offer")
         try:
             ZoneInfo(self.default_timezone)
         except (ZoneInfoNotFoundError, ValueError):

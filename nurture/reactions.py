@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from .config import Settings
 from .models import Enrollment, Event, Lead, Message, Sequence
+from .refusal import on_reply as refusal_on_reply
 from .send_window import zone
 from .stages import on_engagement
 from .suppression import exit_enrollments
@@ -39,6 +40,7 @@ def on_reply(session: Session, lead: Lead, from_address: str, now: datetime) -> 
     if lead.status in ("active", "paused", "replied"):  # an unsubscribed or bounced lead stays so
         lead.status, lead.paused_until, lead.updated_at = "replied", None, now
         session.add(lead)
+    actions += refusal_on_reply(session, lead, now)  # a lost lead answering its follow-up: before the exit rules
     on_engagement(session, lead, now, "replied")
     exited = exit_enrollments(session, _active_enrollments(session, [lead.id], Sequence.exit_on_reply), "replied", now)
     actions.append(f"lead {lead.email} replied; {exited} sequence(s) stopped")

@@ -35,8 +35,10 @@ from .attempt_journal import AttemptJournal
 from .config import Settings
 from .errors import PermanentSendError, TransientSendError
 from .mime import ascii_address, build_message
-from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, UtcDateTime, Event, Lead, Message, Sequence, Step, Suppression, User
+from .models import SENDABLE_LEAD_STATUSES, EmailTemplate, Enrollment, UtcDateTime, Event, Lead, Message, Sequence, Step, Suppression, User
+from .refusal_context import refusal_variables
 from .rendering import Renderer
+from .scheduling import lead_zone
 from .send_window import seed_fraction
 from .signing import sign
 from .stages import on_first_send
@@ -73,7 +75,8 @@ def reply_address(settings: Settings, message_id: int) -> str | None:
     return f"{local}+{sign(settings.secret_key, 'reply', message_id)}@{domain}"
 
 
-def render_context(settings: Settings, lead: Lead, owner: User | None, unsubscribe_url: str) -> dict:
+def render_context(settings: Settings, lead: Lead, owner: User | None, unsubscribe_url: str,
+                   refusal: dict | None = None) -> dict:
     rep = ({"name": owner.name, "email": owner.email, "title": owner.title, "phone": owner.phone} if owner else
            {"name": settings.from_name, "email": settings.from_address, "title": "", "phone": ""})
     return {
@@ -87,6 +90,7 @@ def render_context(settings: Settings, lead: Lead, owner: User | None, unsubscri
         "subject": "",
         "base_url": settings.base_url.rstrip("/"),
         "site_url": settings.site_url.rstrip("/"),
+        "refusal": refusal if refusal is not None else refusal_variables(None, lead.language, timezone.utc),
     }
 
 
@@ -109,7 +113,9 @@ class _Batch:
             select(Step).where(Step.id.in_({m.step_id for m in self.messages})))}
         self.sequences = {seq.id: seq for seq in session.exec(
             select(Sequence).where(Sequence.id.in_({m.sequence_id for m in self.messages})))}
-        names = {step.template for step in self.steps.values()}
+        names = {name for step in self.steps.values() for name in (step.template, *step.templates_by_reason.values())}
+        self.contexts = dict(session.exec(select(Enrollment.id, Enrollment.context).where(
+            Enrollment.id.in_({m.enrollment_id for m in self.messages}))).all())
         self.templates = {(t.name, t.language): t for t in session.exec(
             select(EmailTemplate).where(EmailTemplate.name.in_(names)))}
         session.expunge_all()
@@ -207,14 +213,18 @@ def send_batch(session: Session, settings: Settings, message_ids: list[int], tra
 
 
 def _compose(settings, batch: _Batch, renderer: Renderer, message: Message, lead: Lead, step: Step, at: datetime):
-    template = batch.templates.get((step.template, lead.language)) or batch.templates.get((step.template, settings.default_language))
+    enrollment_context = batch.contexts.get(message.enrollment_id) or {}
+    name = step.templates_by_reason.get(enrollment_context.get("lost_reason", "")) or step.template
+    template = batch.templates.get((name, lead.language)) or batch.templates.get((name, settings.default_language))
     if template is None:
-        raise LookupError(f"template {step.template!r} is not loaded (run `nurture campaigns load`)")
+        raise LookupError(f"template {name!r} is not loaded (run `nurture campaigns load`)")
     language = template.language
     subjects = step.subjects.get(language) or template.subjects
     variant = variant_for(batch.promoted, step.id, len(subjects), pick_variant(lead.id, step.key, len(subjects)))
     unsubscribe_url, unsubscribe_mailto = unsubscribe_links(settings, message.id)
-    context = render_context(settings, lead, batch.owners.get(lead.owner_id), unsubscribe_url)
+    sequence = batch.sequences[message.sequence_id]
+    refusal = refusal_variables(enrollment_context, language, lead_zone(lead.timezone, sequence, settings))
+    context = render_context(settings, lead, batch.owners.get(lead.owner_id), unsubscribe_url, refusal)
     rendered = renderer.render(template, subjects[variant], context)
     html, text = rewrite(rendered.html, rendered.text, base=settings.base_url, secret=settings.secret_key,
                          message_id=message.id, keep=(unsubscribe_url,))
