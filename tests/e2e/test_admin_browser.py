@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from sqlmodel import select
 from werkzeug.serving import make_server
 
 from admin_support import CAST, PASSWORD, create_cast
+from pipeline_history import simulate
 from conftest import free_port, send_due
 from nurture.models import Lead, Message, Sequence
 
@@ -211,7 +213,16 @@ def test_rep_cannot_open_the_sequence_editor(page: Page, cast):
 
 
 def test_admin_pages_render_for_screenshots(page: Page, cast):
+    with cast.session() as s:
+        simulate(s, {"new": 0.9, "contacted": 0.6, "engaged": 0.5, "qualified": 0.6, "proposal": 0.5, "negotiation": 0.6},
+                 150, cast.now - timedelta(days=120))
     log_in(page, "admin@example.com")
+    page.goto("/admin/dashboard")
+    page.fill("#f-deals", "10")
+    page.fill("#f-by_date", (cast.now + timedelta(days=120)).date().isoformat())
+    page.click("#make-plan")
+    expect(page.locator(".flash.success")).to_contain_text("Plan stored")
+    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     for name, url in (("dashboard", "/admin/dashboard"), ("sequences", "/admin/sequences"), ("users", "/admin/users"),
                       ("queue", "/admin/queue"), ("notifications", "/admin/my/notifications")):
         response = page.goto(url)
