@@ -7,9 +7,9 @@ a poll that fails is logged and retried next time, it never stops the tick.
 The weekly review runs on the first tick after ``NURTURE_REVIEW_AT`` in each
 ISO week (of nurture's clock: ``--now`` and the demo's sped-up clock count); it
 is idempotent per week, so a restarted scheduler running it again sends nothing
-twice. Cooled leads due to return are enrolled at most once per hour of
-nurture's clock; pending notifications without a job are enqueued again once a
-minute.
+twice. Cooled leads due to return are enrolled, and leads silent after the
+follow-up after a refusal are settled, at most once per hour of nurture's
+clock; pending notifications without a job are enqueued again once a minute.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Periodic:
         self.last_rescore_day: str | None = None
         self.last_review_week: str | None = None
         self.last_returns: datetime | None = None
+        self.last_settle: datetime | None = None
         self.last_requeue = 0.0
 
     def rescore_daily(self, session: Session) -> list[str]:
@@ -85,7 +86,24 @@ class Periodic:
                 log.warning("polling %s failed: %s", "the IMAP mailbox", exc)
         lines += self.rescore_daily(session)
         lines += self.review_and_return(session, self.settings.clock.now())
+        lines += self.settle_refusals(session, self.settings.clock.now())
         return lines
+
+    def settle_refusals(self, session: Session, now: datetime) -> list[str]:
+        """Leads silent after the follow-up after refusal: archived or handed to the re-offer, hourly."""
+        if self.last_settle is not None and now - self.last_settle < timedelta(hours=1):
+            return []
+        from .refusal import settle_silent
+
+        try:
+            settled = settle_silent(session, self.settings, now)
+            session.commit()
+            self.last_settle = now
+        except Exception as exc:  # retried next tick; sending goes on
+            session.rollback()
+            log.warning("settling leads silent after a refusal failed: %s", exc)
+            return []
+        return [f"after refusal: {len(settled)} silent lead(s) settled"] if settled else []
 
     def review_and_return(self, session: Session, now: datetime) -> list[str]:
         from .cold_return import return_cooled_leads

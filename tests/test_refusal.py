@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -16,6 +17,7 @@ import mail_samples as samples
 from nurture.errors import SequenceFileError
 from nurture.inbound import process_raw
 from nurture.models import Enrollment, Lead, Message, Note, Notification, Sequence, StageChange, Step
+from nurture.periodic import Periodic
 from nurture.refusal_context import refusal_variables
 from nurture.send_window import SendWindow, inside
 from nurture.stages import move_stage
@@ -181,15 +183,17 @@ def test_the_whole_plan_in_russian_driven_by_the_clock_through_the_worker_and_sm
     assert n.cli("refusal", "settle", "--now", iso(n.now + timedelta(days=20)), check=True).stdout.strip() == "settled: 0"
 
 
-def test_silence_archives_the_lead_when_set_so(cast):
+def test_the_scheduler_archives_a_silent_lead_when_set_so(cast):
     n = cast
-    n.monkeypatch.setenv("NURTURE_REFUSAL_AFTER", "archive")
     n.import_csv(REASON_LEADS)
     lose(n, "timing.en@example.com", "timing")
     drive(n)
     assert len(letters(n, "timing.en@example.com")) == 3
-    proc = n.cli("refusal", "settle", "--now", iso(n.now + timedelta(days=15)), check=True)
-    assert "timing.en@example.com: archived" in proc.stdout
+    n.advance(days=15)
+    periodic = Periodic(replace(n.settings, refusal_after="archive"), n.redis)
+    with n.session() as s:
+        assert periodic.settle_refusals(s, n.now) == ["after refusal: 1 silent lead(s) settled"]
+        assert periodic.settle_refusals(s, n.now + timedelta(minutes=59)) == []  # hourly
     lead = n.lead("timing.en@example.com")
     assert (lead.stage, lead.status) == ("archived", "archived")
     assert refusal_enrollment(n, "timing.en@example.com").exit_reason == "after refusal: archived"
