@@ -61,7 +61,7 @@ def pipeline_stats(as_json) -> None:
     for row in stats.values():
         table.add_row(row.key, percent(row.manual), percent(row.learned), percent(row.blended), str(row.entered),
                       str(row.exits), str(row.advanced), str(row.won), percent(row.conversion_to_next))
-    Console().print(table)
+    Console(width=max(Console().width, 100)).print(table)  # nine columns: never squeezed into 80
 
 
 @click.command("stage")

@@ -342,7 +342,7 @@ def stored_pipeline(session: Session) -> PipelineConfig:
     latest = _latest(session)
     if latest is None:
         return default_pipeline()
-    cache_key = (str(session.get_bind().engine.url), latest[0])
+    cache_key = (str(session.get_bind().engine.url), latest[1].get("checksum", str(latest[0])))  # ids restart on a reset
     config = _stored_cache.get(cache_key)
     if config is None:
         document = session.exec(select(ModelFit.weights).where(ModelFit.id == latest[0])).one()
