@@ -182,19 +182,26 @@ def parse_sequence(data: object, source: str) -> SequenceSpec:
         raise SequenceFileError("\n".join(_describe(error, data, source) for error in exc.errors())) from None
 
 
-def load_sequence_file(path: Path) -> SequenceSpec:
+def read_yaml(path: Path) -> object:
+    """The document in a campaigns file; ``SequenceFileError`` names the file (and line) when unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SequenceFileError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise SequenceFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SequenceFileError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     except ValueError as exc:  # an impossible date such as 2027-13-01: YAML reads dates itself
         raise SequenceFileError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_sequence_file(path: Path) -> SequenceSpec:
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise SequenceFileError(f"{path}: expected a mapping with key, name and steps")
     return parse_sequence(data, str(path))
