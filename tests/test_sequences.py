@@ -36,10 +36,10 @@ def load_error(n, document: str) -> tuple[str, str]:
 def test_shipped_campaigns_and_templates_load(nurture):
     n = nurture
     report = n.load_campaigns()
-    assert report.sequences_added == ["systematic-follow-up"]
-    assert sorted(report.templates_added) == sorted(
+    assert "systematic-follow-up" in report.sequences_added
+    assert set(report.templates_added) >= {
         f"{name}.{lang}" for name in ("case_study", "first_contact", "follow_up", "news", "re_offer", "special_offer")
-        for lang in ("en", "ru"))
+        for lang in ("en", "ru")}
     sequence = n.scalar(select(Sequence).where(Sequence.key == "systematic-follow-up"))
     assert (sequence.status, sequence.timezone, sequence.send_days, sequence.send_start, sequence.send_end) == (
         "active", "Europe/Moscow", "mon,tue,wed,thu,fri", "09:00", "18:00")
@@ -54,7 +54,7 @@ def test_shipped_campaigns_and_templates_load(nurture):
     # Loading the same files again changes nothing.
     again = n.load_campaigns()
     assert (again.sequences_added, again.sequences_updated, again.templates_added, again.templates_updated) == ([], [], [], [])
-    assert again.unchanged == 13
+    assert again.unchanged == len(report.sequences_added) + len(report.templates_added)
 
 
 def test_misspelt_step_kind_names_file_step_and_field_with_a_suggestion(nurture):
@@ -105,6 +105,7 @@ def test_invalid_yaml_names_the_line(nurture):
 def test_loading_is_all_or_nothing(nurture, tmp_path):
     n = nurture
     n.load_campaigns()
+    shipped = n.all(select(Sequence.key).order_by(Sequence.key))
     before_steps = [(s.id, s.key, s.day_min, s.day_max, s.retired) for s in n.all(select(Step).order_by(Step.id))]
     before_templates = [(t.name, t.language, t.version, t.checksum) for t in n.all(select(EmailTemplate).order_by(EmailTemplate.id))]
 
@@ -114,7 +115,7 @@ def test_loading_is_all_or_nothing(nurture, tmp_path):
     with pytest.raises(SequenceFileError) as info:
         n.load_campaigns(campaigns)
     assert "broken.yaml: step 2 (recording): field 'kind'" in str(info.value)
-    assert n.all(select(Sequence.key)) == ["systematic-follow-up"]
+    assert n.all(select(Sequence.key).order_by(Sequence.key)) == shipped
     assert [(s.id, s.key, s.day_min, s.day_max, s.retired) for s in n.all(select(Step).order_by(Step.id))] == before_steps
 
     # A broken template stops everything too, including an edit to a good template.

@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from nurture.errors import SequenceFileError, TemplateError
 from nurture.models import EmailTemplate, Lead, User
-from nurture.rendering import Renderer, compile_template
+from nurture.rendering import Renderer, compile_template, template_files
 from nurture.sending import render_context
 
 from conftest import CAMPAIGNS_DIR, TEMPLATES_DIR
@@ -153,7 +153,7 @@ def test_rendering_escapes_a_script_in_lead_data_in_html_only(cast):
 def test_every_shipped_template_has_a_text_part_with_the_unsubscribe_link(cast):
     n = cast
     templates = n.all(select(EmailTemplate))
-    assert len(templates) == 12
+    assert len(templates) == len(template_files(TEMPLATES_DIR)) >= 12
     owner = n.scalar(select(User))
     for template in templates:
         lead = Lead(id=7, email="olga@example.com", first_name="Ольга", last_name="Иванова", company="Ромашка", custom={})
