@@ -173,8 +173,13 @@ def enqueue_deliveries(settings: Settings, notification_ids: list[int]) -> int:
         return 0
 
 
+def delivery_job_id(settings: Settings, notification_id: int) -> str:
+    """RQ job ids are global to a Redis: the queue name keeps two installations' row ids apart."""
+    return f"deliver-notification-{settings.queue_name}-{notification_id}"
+
+
 def _enqueue(queue, settings: Settings, notification_id: int) -> int:
-    job_id = f"deliver-notification-{notification_id}"
+    job_id = delivery_job_id(settings, notification_id)
     intervals = list(settings.webhook_retry_intervals)
     retry = Retry(max=len(intervals), interval=intervals) if intervals else None
     for _ in (1, 2):
@@ -213,40 +218,45 @@ def deliver(session: Session, settings: Settings, notification_id: int, now: dat
     """Send one pending notification and record the outcome; return its status.
 
     Raises ``DeliveryRetry`` after a transient failure when ``last_try`` is false.
+    No transaction is open during the network call (on SQLite it would hold the
+    write lock for the whole HTTP or SMTP exchange).
     """
     row = session.get(Notification, notification_id)
     if row is None or row.status != "pending":
+        session.rollback()
         return row.status if row else "missing"
+    attempt = row.attempts + 1
     claimed = session.execute(sa.update(Notification).where(
         Notification.id == row.id, Notification.status == "pending", Notification.attempts == row.attempts,
-    ).values(attempts=row.attempts + 1)).rowcount
+    ).values(attempts=attempt)).rowcount
+    rep = session.get(User, row.user_id) if row.user_id else None
+    session.expunge(row)  # keep the loaded values through the commit, without reloading them
+    if rep is not None:
+        session.expunge(rep)
     session.commit()
     if not claimed:
         return "pending"  # another worker has it
-    session.refresh(row)
     try:
-        _send(session, settings, row)
+        _send(settings, row, rep)
     except (WebhookError, TransientSendError, PermanentSendError, UnknownOutcomeError) as exc:
         # UnknownOutcome: the mail may have arrived; a second copy is worse than a lost notice
         permanent = isinstance(exc, (PermanentSendError, UnknownOutcomeError)) or getattr(exc, "permanent", False)
-        row.error = (row.error + f"{now.isoformat()} attempt {row.attempts}: {exc}\n")[-4000:]
-        if permanent or last_try:
-            row.status = "failed"
-        session.add(row)
-        session.commit()
-        if row.status == "pending":
+        status = "failed" if permanent or last_try else "pending"
+        _record(session, row.id, status=status, error=(row.error + f"{now.isoformat()} attempt {attempt}: {exc}\n")[-4000:])
+        if status == "pending":
             raise DeliveryRetry(f"notification {row.id} ({row.channel}): {exc}") from None
-        log.warning("notification %s (%s) failed for good after %s attempt(s): %s", row.id, row.channel, row.attempts, exc)
-        return row.status
-    row.status = "sent"
-    row.sent_at = now
-    session.add(row)
+        log.warning("notification %s (%s) failed for good after %s attempt(s): %s", row.id, row.channel, attempt, exc)
+        return status
+    _record(session, row.id, status="sent", sent_at=now)
+    return "sent"
+
+
+def _record(session: Session, notification_id: int, **values) -> None:
+    session.execute(sa.update(Notification).where(Notification.id == notification_id).values(**values))
     session.commit()
-    return row.status
 
 
-def _send(session: Session, settings: Settings, row: Notification) -> None:
-    rep = session.get(User, row.user_id) if row.user_id else None
+def _send(settings: Settings, row: Notification, rep: User | None) -> None:
     if row.channel == "email":
         if rep is None:
             raise WebhookError("the notice has no rep to mail", permanent=True)

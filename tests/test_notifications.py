@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
 
 from sqlmodel import select
 
@@ -71,3 +71,43 @@ def test_lead_without_owner_is_assigned_and_the_assignment_recorded(leads):
     lead = leads.lead("new@example.com")
     assert lead.owner_id is not None and rows[0][2] == lead.owner_id
     assert [(a.lead_id, a.user_id, a.reason) for a in leads.all(select(Assignment))] == [(lead.id, lead.owner_id, "round_robin")]
+
+
+def test_failed_rep_email_is_listed_and_delivered_again_by_retry(leads):
+    leads.smtp.replies[ANNA] = "550 5.1.1 No such user here"
+    (notification_id, channel, _), = warm(leads, "olga@example.com")
+    leads.work()
+    listed = json.loads(leads.cli("notifications", "list", "--status", "failed", "--json", check=True).stdout)
+    assert [(n["id"], n["channel"], n["status"], n["to"], n["lead"], n["attempts"]) for n in listed] == \
+        [(notification_id, "email", "failed", ANNA, "olga@example.com", 1)]
+    assert "550 5.1.1 No such user here" in listed[0]["error"], "a 5xx is not retried: it would answer the same"
+
+    del leads.smtp.replies[ANNA]
+    proc = leads.cli("notifications", "retry", check=True)
+    assert proc.stdout.strip() == "enqueued 1 delivery job(s)"
+    leads.work()
+    row = leads.scalar(select(Notification).where(Notification.id == notification_id))
+    assert (row.status, row.attempts) == ("sent", 2) and "attempt 1: 550" in row.error
+    assert [m["Subject"] for m in leads.smtp.parsed()] == ['Warm lead: Ольга Иванова (ООО "Ромашка"), 34%']
+
+
+def test_a_lost_job_is_enqueued_again_by_the_scheduler(leads):
+    from nurture.periodic import Periodic
+
+    warm(leads, "olga@example.com")
+    leads.queue.empty()  # Redis lost the job (a flush, a crash before enqueueing)
+    assert leads.queue.count == 0
+    with leads.session() as s:
+        assert Periodic(leads.settings, leads.redis).review_and_return(s, leads.now) == []
+    assert leads.queue.count == 0, "younger than a minute: its job may still be on the way"
+    leads.advance(minutes=2)
+    with leads.session() as s:
+        Periodic(leads.settings, leads.redis).review_and_return(s, leads.now)
+    leads.work()
+    assert leads.scalar(select(Notification.status)) == "sent" and len(leads.smtp.messages) == 1
+
+
+def test_without_reps_or_webhooks_nobody_is_told_and_nothing_is_recorded(nurture):
+    nurture.import_csv("email,first_name\nlonely@example.com,Одинокий\n")
+    assert warm(nurture, "lonely@example.com") == []
+    assert nurture.count(Notification) == 0 and nurture.lead("lonely@example.com").owner_id is None

@@ -15,7 +15,7 @@ from rq.registry import ScheduledJobRegistry
 from sqlmodel import select
 
 from nurture.models import Lead, Notification, User
-from nurture.notifications import notify_warm_lead
+from nurture.notifications import delivery_job_id, notify_warm_lead
 from nurture.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify_signature
 
 from conftest import ANNA, wait_until
@@ -160,7 +160,7 @@ def test_failing_endpoint_is_retried_with_backoff_by_a_real_worker_and_logged(le
     SimpleWorker([leads.queue], connection=leads.redis).work(burst=True, logging_level="ERROR")  # no scheduler yet
     row = notification(leads, "webhook")
     assert (row.status, row.attempts) == ("pending", 1) and "500" in row.error
-    assert ScheduledJobRegistry(queue=leads.queue).get_job_ids() == [f"deliver-notification-{row.id}"], "waits, not at once"
+    assert ScheduledJobRegistry(queue=leads.queue).get_job_ids() == [delivery_job_id(leads.settings, row.id)], "waits, not at once"
 
     def delivered():
         work_with_scheduler(leads)
@@ -203,3 +203,36 @@ def test_unreachable_endpoint_is_an_error_on_the_row_not_a_crash(leads):
     leads.work()
     row = notification(leads, "webhook")
     assert (row.status, row.attempts) == ("failed", 2) and "ConnectError" in row.error
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NURTURE_WEBHOOK_URL": "https://crm.example.com/hook"},
+     "NURTURE_WEBHOOK_URL is set: also set NURTURE_WEBHOOK_SECRET"),
+    ({"NURTURE_WEBHOOK_URL": "https://crm.example.com/hook", "NURTURE_WEBHOOK_SECRET": "short"},
+     "NURTURE_WEBHOOK_SECRET: use at least 16 random characters"),
+    ({"NURTURE_SLACK_WEBHOOK_URL": "hooks.slack.com/services/T0/B0/x"},
+     "NURTURE_SLACK_WEBHOOK_URL: 'hooks.slack.com/services/T0/B0/x' must start with http:// or https://"),
+    ({"NURTURE_WEBHOOK_RETRY_INTERVALS": "10,soon"},
+     "NURTURE_WEBHOOK_RETRY_INTERVALS: '10,soon' must be whole seconds separated by commas"),
+    ({"NURTURE_WEBHOOK_RETRY_INTERVALS": "10,-1"}, "a wait cannot be negative"),
+    ({"NURTURE_REVIEW_AT": "пятница 16:00"}, "NURTURE_REVIEW_AT: 'пятница 16:00' must be a weekday and a time"),
+    ({"NURTURE_REVIEW_AT": "fri 25:00"}, "NURTURE_REVIEW_AT: 'fri 25:00' must be a weekday and a time"),
+    ({"NURTURE_WARM_NOTICE_DAYS": "0"}, "NURTURE_WARM_NOTICE_DAYS: must be at least 1"),
+])
+def test_bad_notification_settings_are_refused_with_the_variable_named(env, message):
+    from nurture.config import Settings
+    from nurture.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert message in str(error.value)
+
+
+def test_notification_settings_are_read():
+    from nurture.config import Settings
+
+    settings = Settings.from_env({"NURTURE_WEBHOOK_URL": "https://crm.example.com/hook", "NURTURE_WEBHOOK_SECRET": SECRET,
+                                  "NURTURE_WEBHOOK_RETRY_INTERVALS": "5,30", "NURTURE_REVIEW_AT": "Mon 06:30",
+                                  "NURTURE_WARM_NOTICE_DAYS": "7", "NURTURE_STUCK_DAYS": "21"})
+    assert (settings.webhook_retry_intervals, settings.review_at, settings.warm_notice_days, settings.stuck_days) == \
+        ((5, 30), (0, 6, 30), 7, 21)
