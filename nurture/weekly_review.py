@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from .analytics.chain import AnalyticsError, load_chain
+from .analytics.digest import manager_section
 from .analytics.funnel import time_in_stage
 from .assignment import transaction_lock
 from .config import Settings
@@ -220,6 +221,7 @@ def manager_digest(session: Session, settings: Settings, report: ReviewReport, s
             Lead.owner_id.is_(None), Lead.status.in_(OPEN_LEAD_STATUSES))).one(),
         "failed_notifications": session.exec(select(sa.func.count()).select_from(Notification).where(
             Notification.status == "failed", Notification.created_at > since)).one(),
+        "analytics": manager_section(session, now),  # the bottleneck and the plan against actuals
     }
 
 

@@ -81,3 +81,30 @@ def test_against_the_latest_plan(session):
     assert (result.reference, result.plan_id, result.worst.stage, result.worst.gap) == ("plan", plan.id, "contacted", 0.2)
     # "new" left 20 leads, all to contacted: at 100% it is above its 90% plan
     assert {s.stage: s.recent for s in result.steps}["new"] == 1.0
+
+
+def test_the_managers_weekly_digest_names_the_bottleneck_and_the_plan_against_actuals(nurture):
+    from nurture.analytics.backwards_plan import StepConversion, plan, save_plan
+    from nurture.models import User
+    from nurture.weekly_review import run_weekly_review
+
+    from conftest import received_by
+
+    n = nurture.at(NOW)
+    with n.session() as s:
+        s.add(User(email="boss@example.com", name="Мария Руководитель", role="manager", created_at=NOW))
+        history(s, NOW - timedelta(days=80), 40, 20, "old")
+        history(s, NOW - timedelta(days=25), 20, 2, "new")
+        steps = [StepConversion("new", "contacted", 0.9), StepConversion("contacted", "engaged", 0.5)]
+        stored = save_plan(s, plan(steps, 10, date(2026, 6, 30), NOW.date() - timedelta(days=14)), {},
+                           NOW - timedelta(days=14))
+        run_weekly_review(s, n.settings, NOW)
+    n.work()
+    [boss] = received_by(n)["boss@example.com"]
+    text = boss.get_body(("plain",)).get_content()
+    assert "Bottleneck: contacted -> engaged converts 10% against 50% (plan), about" in text
+    # the recent leads entered 27..8 days ago: 7 of them since the plan was made two weeks ago
+    assert f"Plan #{stored.id} (10 deals by 2026-06-30): 7 new leads entered of the " in text
+    assert "behind the plan" in text or "on track" in text
+    html = boss.get_body(("html",)).get_content()
+    assert "Bottleneck: contacted -&gt; engaged" in html
