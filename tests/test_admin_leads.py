@@ -162,3 +162,18 @@ def test_an_unreadable_csv_fails_with_the_reason(cast, web):
     cast.work()
     state = client.get(response.headers["Location"] + "/status").get_json()
     assert state["state"] == "failed" and "Nothing was imported" in state["message"] and "email" in state["message"]
+
+
+def test_search_pages_and_counts_past_one_page(cast, web):
+    create_cast(cast)
+    rows = "".join(f"buyer{i}@acme.example,Покупатель {i},ACME Holding\n" for i in range(60))
+    cast.import_csv("email,first_name,company\n" + rows + "other@example.org,Other,Elsewhere\n")
+    client = web()
+    login(client, "manager@example.com")
+    first = client.get("/admin/leads?q=acme").get_data(as_text=True)
+    assert len(lead_rows(first)) == 50 and "Page 1 of 2" in first and "Leads <span class=\"muted\">60</span>" in first
+    second = client.get("/admin/leads?q=acme&page=2").get_data(as_text=True)
+    assert len(lead_rows(second)) == 10 and "Page 2 of 2" in second
+    beyond = client.get("/admin/leads?q=acme&page=5").get_data(as_text=True)
+    assert lead_rows(beyond) == [] and "Leads <span class=\"muted\">60</span>" in beyond
+    assert len(lead_rows(client.get("/admin/leads?q=ПОКУПАТЕЛЬ").get_data(as_text=True))) == 50
