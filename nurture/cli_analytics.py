@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import sys
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -22,12 +23,18 @@ from .analytics.chain import AnalyticsError, Chain, load_chain
 
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)  # piped: wide, not wrapped
 DATE = click.DateTime(formats=["%Y-%m-%d"])
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+now_option = click.option("--now", metavar="ISO-8601", help="Act as if it were this instant (default: NURTURE_NOW or the clock).")
 
 
-def _cli():
+@contextmanager
+def _session(now: str | None):
+    """The session of the configured database and the instant to answer as of."""
     from . import cli  # the shared helpers; imported late because cli registers this module
 
-    return cli
+    settings = cli.settings_for(now)
+    with cli.open_session(settings) as session:
+        yield session, settings.clock.now()
 
 
 def _percent(x: float | None) -> str:
@@ -64,24 +71,22 @@ def _emit_json(data) -> None:
 @click.option("--sequence", "by_sequence", is_flag=True, help="Per sequence the leads were enrolled in.")
 @click.option("--owner", "by_owner", is_flag=True, help="Per owning rep.")
 @click.option("--source", "by_source", is_flag=True, help="Per lead source.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one row per cohort x group x stage.")
 @click.option("--chart", "chart_path", metavar="FILE.svg|FILE.png", help="Draw the funnel (all leads).")
 @click.option("--trend-chart", "trend_path", metavar="FILE.svg|FILE.png",
               help="Draw each step's conversion per cohort (--by, default week), the bottleneck flagged.")
-@click.option("--now", metavar="ISO-8601", help="Act as if it were this instant.")
+@now_option
 def funnel_command(by, by_sequence, by_owner, by_source, as_json, csv_path, chart_path, trend_path, now) -> None:
     """Stage-to-stage conversion by entry cohort, drop-off and time in stage."""
     from .analytics.funnel import funnel
 
     group_by = tuple(d for d, on in (("sequence", by_sequence), ("owner", by_owner), ("source", by_source)) if on)
-    cli = _cli()
-    settings = cli.settings_for(now)
-    with cli.open_session(settings) as session:
+    with _session(now) as (session, moment):
         chain = load_chain(session)
         result = funnel(session, chain, by, group_by)
         if chart_path or trend_path:
-            _charts(session, chain, result, chart_path, trend_path, by, settings.clock.now())
+            _charts(session, chain, result, chart_path, trend_path, by, moment)
     if csv_path:
         write_csv(csv_path, result.csv_rows())
     if as_json:
@@ -164,19 +169,17 @@ def _time_table(result, chain: Chain) -> None:
 @click.option("--metric", type=click.Choice(["open", "click", "reply"]), default="open", show_default=True,
               help="The rate the A/B verdict compares.")
 @click.option("--promote", is_flag=True, help="Record the declared winners for new sends (NURTURE_AB_AUTO_PROMOTE).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one row per step and variant.")
-@click.option("--now", metavar="ISO-8601", help="Act as if it were this instant.")
+@now_option
 def steps_command(sequence_key, metric, promote, as_json, csv_path, now) -> None:
     """Per step and variant: sent, delivered, human opens, clicks, replies, unsubscribes, bounces, complaints."""
     from .analytics.ab_winners import promote_winners
     from .analytics.step_performance import step_performance
 
-    cli = _cli()
-    settings = cli.settings_for(now)
-    with cli.open_session(settings) as session:
+    with _session(now) as (session, moment):
         result = step_performance(session, sequence_key, metric)
-        promoted = promote_winners(session, result.verdicts, settings.clock.now()) if promote else None
+        promoted = promote_winners(session, result.verdicts, moment) if promote else None
     if csv_path:
         write_csv(csv_path, result.rows())
     if as_json:
@@ -217,15 +220,13 @@ def _bottleneck(session, chain: Chain, now: datetime, window_days: int | None = 
 @click.command("bottleneck")
 @click.option("--window", "window_days", type=click.IntRange(7, 365), default=28, show_default=True,
               help="Days of recent moves to judge.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--now", metavar="ISO-8601", help="Act as if it were this instant.")
+@json_option
+@now_option
 def bottleneck_command(window_days, as_json, now) -> None:
     """The step furthest below plan (or its trailing average) and the deals a month it costs."""
-    cli = _cli()
-    settings = cli.settings_for(now)
-    with cli.open_session(settings) as session:
+    with _session(now) as (session, moment):
         chain = load_chain(session)
-        result, _ = _bottleneck(session, chain, settings.clock.now(), window_days)
+        result, _ = _bottleneck(session, chain, moment, window_days)
     if as_json:
         _emit_json(result.as_dict())
         return
@@ -255,8 +256,8 @@ def quarter_start(day: date) -> date:
 @click.option("--what-if", "what_if", multiple=True, metavar="STAGE=+0.05",
               help="Raise (or lower) the conversion from STAGE to the next by points; repeatable.")
 @click.option("--since", type=DATE, help="Count deals won from this date (default: the start of this quarter).")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--now", metavar="ISO-8601", help="Act as if it were this instant.")
+@json_option
+@now_option
 def plan_command(deals, revenue, by_date, confidence, what_if, since, as_json, now) -> None:
     """How many new leads, per week and from when, to win DEALS by a date; the plan is stored."""
     from .analytics.backwards_plan import (
@@ -266,12 +267,9 @@ def plan_command(deals, revenue, by_date, confidence, what_if, since, as_json, n
     from .pipeline import stored_pipeline
 
     changes = parse_what_if(what_if)
-    cli = _cli()
-    settings = cli.settings_for(now)
-    moment = settings.clock.now()
-    today = moment.date()
-    start = since.date() if since else quarter_start(today)
-    with cli.open_session(settings) as session:
+    with _session(now) as (session, moment):
+        today = moment.date()
+        start = since.date() if since else quarter_start(today)
         config = stored_pipeline(session)
         chain = Chain.from_config(config)
         conversions = step_conversions(stage_probabilities(session, config), chain, config.prior_weight)
@@ -317,19 +315,17 @@ def _plan_report(result, plan_id: int, since: date, chain: Chain) -> None:
 # --- forecast ---------------------------------------------------------------------------------------
 
 @click.command("forecast")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one row per month and the total.")
-@click.option("--now", metavar="ISO-8601", help="Act as if it were this instant.")
+@now_option
 def forecast_command(as_json, csv_path, now) -> None:
     """Deals and revenue expected from the open leads, per expected close month, with 10/50/90 percentiles."""
     from .analytics.backwards_plan import average_deal_value
     from .analytics.forecast import forecast
 
-    cli = _cli()
-    settings = cli.settings_for(now)
-    with cli.open_session(settings) as session:
+    with _session(now) as (session, moment):
         chain = load_chain(session)
-        rows = forecast(session, chain, settings.clock.now(), average_deal_value(session, chain))
+        rows = forecast(session, chain, moment, average_deal_value(session, chain))
     data = [r.as_dict() for r in rows]
     if csv_path:
         write_csv(csv_path, data)
