@@ -35,6 +35,7 @@ from .config import Settings
 from .errors import NurtureError, PermanentSendError, TransientSendError
 from .lead_view import lead_document
 from .models import Lead, Notification, User
+from .probability import describe
 from .queues import send_queue
 from .rep_mail import send_rep_mail
 from .transports import UnknownOutcomeError
@@ -101,19 +102,9 @@ def lead_name(lead: Lead) -> str:
     return " ".join(part for part in (lead.first_name, lead.last_name) if part) or lead.email
 
 
-def why_lines(why: list) -> list[str]:
-    """``Lead.probability_why`` as readable lines, whatever shape each contribution has."""
-    lines = []
-    for item in why or []:
-        if isinstance(item, dict):
-            label = next((str(item[k]) for k in ("text", "label", "why", "reason", "name", "kind") if item.get(k)), "")
-            points = next((item[k] for k in ("points", "delta", "contribution", "value") if isinstance(item.get(k), (int, float))), None)
-            if points is not None and not label.rstrip().endswith(("%", ")")) and f"{points:+g}" not in label:
-                label = f"{label} {points:+g}".strip()
-            lines.append(label or str(item))
-        else:
-            lines.append(str(item))
-    return lines
+def why_lines(why: list, now: datetime) -> list[str]:
+    """``Lead.probability_why`` as words as of ``now`` ("stage engaged 22%", "replied 2 days ago +9")."""
+    return [describe(item, now) if isinstance(item, dict) and "factor" in item else str(item) for item in why or []]
 
 
 def timeline(session: Session, lead: Lead) -> list[dict]:
@@ -125,17 +116,19 @@ def timeline(session: Session, lead: Lead) -> list[dict]:
             for e in document["events"][-TIMELINE_EVENTS:]]
 
 
-def lead_summary(settings: Settings, lead: Lead) -> dict:
+def lead_summary(settings: Settings, lead: Lead, now: datetime | None = None) -> dict:
+    """What a notice or digest shows of a lead; ``why`` worded as of ``now`` (default: the settings' clock)."""
+    now = now or settings.clock.now()
     return {"id": lead.id, "name": lead_name(lead), "email": lead.email, "company": lead.company,
             "stage": lead.stage, "probability": round(lead.probability or 0.0, 4),
-            "why": why_lines(lead.probability_why), "url": lead_page_url(settings, lead.id)}
+            "why": why_lines(lead.probability_why, now), "url": lead_page_url(settings, lead.id)}
 
 
 def warm_up_payload(session: Session, settings: Settings, lead: Lead, rep: User | None, reason: str,
                     replied: bool, now: datetime) -> dict:
     return {
         "event": "lead.warm_up", "reason": reason, "replied": replied, "at": now.isoformat(),
-        "lead": lead_summary(settings, lead),
+        "lead": lead_summary(settings, lead, now),
         "rep": {"id": rep.id, "name": rep.name, "email": rep.email} if rep else None,
         "timeline": timeline(session, lead),
     }

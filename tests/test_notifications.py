@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from sqlmodel import select
 
@@ -18,8 +19,9 @@ def warm(n, email: str, reason: str = "probability crossed 30%", replied: bool =
     with n.session() as s:
         lead = s.exec(select(Lead).where(Lead.email == email)).one()
         lead.probability = probability
-        lead.probability_why = why if why is not None else [
-            {"label": "stage engaged", "points": 22}, {"label": "replied 2 days ago", "points": 9}]
+        lead.probability_why = why if why is not None else [  # as nurture.probability stores them
+            {"factor": "stage", "stage": "engaged", "points": 22},
+            {"factor": "reply", "points": 9, "at": (n.now - timedelta(days=2)).isoformat(), "label": "stale words"}]
         s.add(lead)
         rows = notify_warm_lead(s, n.settings, lead, reason, n.now, replied=replied)
         s.commit()
@@ -37,7 +39,7 @@ def test_rep_email_arrives_with_cyrillic_lead_name_timeline_and_why(leads):
     assert mail["Auto-Submitted"] == "auto-generated"
     text = mail.get_body(("plain",)).get_content()
     html = mail.get_body(("html",)).get_content()
-    assert "Ольга Иванова" in text and "stage engaged +22" in text and "replied 2 days ago +9" in text
+    assert "Ольга Иванова" in text and "stage engaged 22%" in text and "replied 2 days ago +9" in text
     assert f"{leads.settings.base_url}/leads/" in text
     assert "ООО &#34;Ромашка&#34;" in html or "ООО &quot;Ромашка&quot;" in html
     row = leads.scalar(select(Notification).where(Notification.id == rows[0][0]))
