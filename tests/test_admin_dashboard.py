@@ -10,14 +10,21 @@ from admin_support import create_cast, csrf_token, login
 from nurture.models import Plan
 from pipeline_history import simulate
 
+CONVERSIONS = {"new": 0.9, "contacted": 0.6, "engaged": 0.5, "qualified": 0.6, "proposal": 0.5, "negotiation": 0.6}
 
-def test_dashboard_shows_funnel_bottleneck_forecast_and_charts(nurture, web):
-    create_cast(nurture)
-    with nurture.session() as s:
-        simulate(s, {"new": 0.9, "contacted": 0.6, "engaged": 0.5, "qualified": 0.6, "proposal": 0.5, "negotiation": 0.6},
-                 120, nurture.now - timedelta(days=120))
+
+def manager_with_history(n, web, leads: int, days: int):
+    """The cast, ``leads`` simulated leads entering from ``days`` ago, and a manager's logged-in client."""
+    create_cast(n)
+    with n.session() as s:
+        simulate(s, CONVERSIONS, leads, n.now - timedelta(days=days))
     client = web()
     login(client, "manager@example.com")
+    return client
+
+
+def test_dashboard_shows_funnel_bottleneck_forecast_and_charts(nurture, web):
+    client = manager_with_history(nurture, web, 120, 120)
     page = client.get("/admin/dashboard").get_data(as_text=True)
     assert 'id="funnel"' in page and "120 leads" in page
     assert "Bottleneck" in page and ("No bottleneck" in page or "Bottleneck: " in page)
@@ -29,12 +36,7 @@ def test_dashboard_shows_funnel_bottleneck_forecast_and_charts(nurture, web):
 
 
 def test_a_manager_makes_a_plan_with_field_errors_first(nurture, web):
-    create_cast(nurture)
-    with nurture.session() as s:
-        simulate(s, {"new": 0.9, "contacted": 0.6, "engaged": 0.5, "qualified": 0.6, "proposal": 0.5, "negotiation": 0.6},
-                 200, nurture.now - timedelta(days=150))
-    client = web()
-    login(client, "manager@example.com")
+    client = manager_with_history(nurture, web, 200, 150)
     token = csrf_token(client.get("/admin/dashboard").get_data(as_text=True))
     bad = client.post("/admin/dashboard/plan", data={"deals": "0", "by_date": "yesterday", "confidence": "120",
                                                     "csrf_token": token})

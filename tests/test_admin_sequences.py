@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 from sqlmodel import select
 
 from admin_support import create_cast, csrf_token, login
@@ -117,3 +120,42 @@ def test_activate_pause_and_archive(cast, web):
         with cast.session() as s:
             assert s.get(Sequence, sequence.id).status == status
     assert client.post(f"{url}/status", data={"action": "explode", "csrf_token": token}).status_code == 400
+
+
+def test_saving_from_the_builder_keeps_anchors_and_templates_by_reason(cast, web):
+    create_cast(cast)
+    client = web()
+    login(client, "marketer@example.com")
+    with cast.session() as s:
+        before = {seq.key: [(st.key, st.anchor, st.anchor_business_days, st.anchor_date, st.template, st.templates_by_reason)
+                            for st in s.exec(select(Step).where(Step.sequence_id == seq.id, Step.retired == False)  # noqa: E712
+                                             .order_by(Step.position))]
+                  for seq in s.exec(select(Sequence))}
+        ids = dict(s.exec(select(Sequence.key, Sequence.id)).all())
+        triggers = dict(s.exec(select(Sequence.key, Sequence.trigger)).all())
+    kept = [key for key, steps in before.items() if any(a != "enrollment" or by_reason for _, a, _, _, _, by_reason in steps)]
+    assert kept, "the shipped campaigns have anchored or per-reason steps"
+    for key in kept:
+        url = f"/admin/sequences/{ids[key]}"
+        page = client.get(url).get_data(as_text=True)
+        assert "Kept from the campaigns file" in page
+        form = {name: value for name, value in re.findall(r'<input[^>]* name="([^"]+)" value="([^"]*)"', page)}
+        form.update({name: value for name, value in re.findall(
+            r'<select id="f-[^"]+" name="([^"]+)">.*?<option value="([^"]*)" selected', page, re.S)})
+        form.update({name: html.unescape(value) for name, value in re.findall(
+            r'<textarea id="f-[^"]+" name="([^"]+)"[^>]*>([^<]*)</textarea>', page)})
+        form = {k: html.unescape(v) for k, v in form.items()}
+        form["send_days"] = re.findall(r'name="send_days" value="(\w+)" checked', page)
+        form["action"] = "save"
+        for flag in ("exit_reply", "exit_domain_reply", "exit_click"):
+            if re.search(rf'name="{flag}" checked', page):
+                form[flag] = "on"
+        response = client.post(url, data=form, follow_redirects=True)
+        assert response.status_code == 200 and "Nothing had changed." in response.get_data(as_text=True), key
+    with cast.session() as s:
+        after = {seq.key: [(st.key, st.anchor, st.anchor_business_days, st.anchor_date, st.template, st.templates_by_reason)
+                           for st in s.exec(select(Step).where(Step.sequence_id == seq.id, Step.retired == False)  # noqa: E712
+                                            .order_by(Step.position))]
+                 for seq in s.exec(select(Sequence))}
+        assert dict(s.exec(select(Sequence.key, Sequence.trigger)).all()) == triggers
+    assert after == before

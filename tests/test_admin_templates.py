@@ -7,23 +7,30 @@ import json
 from sqlmodel import select
 
 from admin_support import create_cast, csrf_token, login
-from nurture.models import EmailTemplate, Lead
+from nurture.models import EmailTemplate
 
 
 def template_id(n, name="first_contact", language="en") -> int:
     return n.scalar(select(EmailTemplate.id).where(EmailTemplate.name == name, EmailTemplate.language == language))
 
 
-def test_saving_a_broken_template_shows_the_line_and_keeps_the_old_version(cast, web):
-    create_cast(cast)
+def open_editor(n, web):
+    """A marketer's client on the first_contact.en editor: (client, template id, CSRF token, its MJML)."""
+    create_cast(n)
     client = web()
     login(client, "marketer@example.com")
-    tid = template_id(cast)
-    page = client.get(f"/admin/templates/{tid}").get_data(as_text=True)
+    tid = template_id(n)
+    token = csrf_token(client.get(f"/admin/templates/{tid}").get_data(as_text=True))
+    with n.session() as s:
+        return client, tid, token, s.get(EmailTemplate, tid).mjml
+
+
+def test_saving_a_broken_template_shows_the_line_and_keeps_the_old_version(cast, web):
+    client, tid, token, _ = open_editor(cast, web)
     broken = "<mjml>\n  <mj-body>\n    <mj-section>\n      <mj-colum>\n        <mj-text>Hi</mj-text>\n" \
              "      </mj-colum>\n    </mj-section>\n  </mj-body>\n</mjml>\n"
     response = client.post(f"/admin/templates/{tid}", data={"subjects": "Hello", "mjml": broken,
-                                                           "csrf_token": csrf_token(page)})
+                                                           "csrf_token": token})
     text = response.get_data(as_text=True)
     assert response.status_code == 400
     assert "Error on line 4" in text and "unknown MJML tag &lt;mj-colum&gt;" in text
@@ -33,30 +40,18 @@ def test_saving_a_broken_template_shows_the_line_and_keeps_the_old_version(cast,
 
 
 def test_unknown_variable_in_a_subject_is_reported_on_the_subjects_field(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
-    tid = template_id(cast)
-    page = client.get(f"/admin/templates/{tid}").get_data(as_text=True)
-    with cast.session() as s:
-        mjml = s.get(EmailTemplate, tid).mjml
+    client, tid, token, mjml = open_editor(cast, web)
     response = client.post(f"/admin/templates/{tid}", data={"subjects": "Hi {{ lead.nickname }}", "mjml": mjml,
-                                                           "csrf_token": csrf_token(page)})
+                                                           "csrf_token": token})
     text = response.get_data(as_text=True)
     assert response.status_code == 400 and 'id="error-subjects"' in text and "nickname" in text
 
 
 def test_a_valid_edit_is_saved_as_a_new_version(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
-    tid = template_id(cast)
-    with cast.session() as s:
-        mjml = s.get(EmailTemplate, tid).mjml
-    page = client.get(f"/admin/templates/{tid}").get_data(as_text=True)
+    client, tid, token, mjml = open_editor(cast, web)
     response = client.post(f"/admin/templates/{tid}", data={"subjects": "Привет, {{ lead.first_name }}\nHi",
                                                            "mjml": mjml.replace("</mj-body>", "<mj-section><mj-column><mj-text>P.S. Новое</mj-text></mj-column></mj-section></mj-body>"),
-                                                           "csrf_token": csrf_token(page)}, follow_redirects=True)
+                                                           "csrf_token": token}, follow_redirects=True)
     assert "version 2" in response.get_data(as_text=True)
     with cast.session() as s:
         saved = s.get(EmailTemplate, tid)
@@ -64,35 +59,25 @@ def test_a_valid_edit_is_saved_as_a_new_version(cast, web):
 
 
 def test_preview_renders_the_unsaved_source_for_the_chosen_lead(leads, web):
-    create_cast(leads)
-    client = web()
-    login(client, "marketer@example.com")
-    tid = template_id(leads)
-    page = client.get(f"/admin/templates/{tid}").get_data(as_text=True)
-    with leads.session() as s:
-        mjml = s.get(EmailTemplate, tid).mjml
-        olga = s.exec(select(Lead).where(Lead.email == "olga@example.com")).one()
+    client, tid, token, mjml = open_editor(leads, web)
+    olga = leads.lead("olga@example.com")
     response = client.post("/admin/templates/preview", data={
         "name": "first_contact", "language": "en", "subjects": "For {{ lead.company }}", "mjml": mjml,
-        "lead_id": str(olga.id)}, headers={"X-CSRFToken": csrf_token(page)})
+        "lead_id": str(olga.id)}, headers={"X-CSRFToken": token})
     data = json.loads(response.get_data())
     assert data["subject"] == 'For ООО "Ромашка"'
     assert "Ольга" in data["html"] and "Ольга" in data["text"]
     sample = json.loads(client.post("/admin/templates/preview", data={
         "name": "first_contact", "language": "en", "subjects": "x", "mjml": "<mjml><mj-body><mj-text>{{ lead.first_name }</mj-text></mj-body></mjml>"},
-        headers={"X-CSRFToken": csrf_token(page)}).get_data())
+        headers={"X-CSRFToken": token}).get_data())
     assert sample["field"] == "mjml" and "Jinja syntax error" in sample["error"] and sample["line"] == 1
     assert client.post("/admin/templates/preview", data={"subjects": "x", "mjml": mjml}).status_code == 400  # no token
 
 
 def test_test_send_goes_to_the_logged_in_user_over_smtp(leads, web):
-    create_cast(leads)
-    client = web()
-    login(client, "marketer@example.com")
-    tid = template_id(leads)
-    page = client.get(f"/admin/templates/{tid}").get_data(as_text=True)
+    client, tid, token, _ = open_editor(leads, web)
     olga = leads.lead("olga@example.com")
-    response = client.post(f"/admin/templates/{tid}/test", data={"lead_id": str(olga.id), "csrf_token": csrf_token(page)},
+    response = client.post(f"/admin/templates/{tid}/test", data={"lead_id": str(olga.id), "csrf_token": token},
                            follow_redirects=True)
     assert "Test sent to marketer@example.com" in response.get_data(as_text=True)
     (mail_from, rcpts, _raw), = leads.smtp.messages
@@ -103,17 +88,14 @@ def test_test_send_goes_to_the_logged_in_user_over_smtp(leads, web):
 
 
 def test_creating_a_template_checks_its_name(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
-    page = client.get("/admin/templates/new").get_data(as_text=True)
-    bad = client.post("/admin/templates/new", data={"name": "Bad Name", "language": "en", "csrf_token": csrf_token(page)})
+    client, _, token, _ = open_editor(cast, web)
+    bad = client.post("/admin/templates/new", data={"name": "Bad Name", "language": "en", "csrf_token": token})
     assert bad.status_code == 400 and 'id="error-name"' in bad.get_data(as_text=True)
-    taken = client.post("/admin/templates/new", data={"name": "first_contact", "language": "en", "csrf_token": csrf_token(page)})
+    taken = client.post("/admin/templates/new", data={"name": "first_contact", "language": "en", "csrf_token": token})
     assert "first_contact.en exists already" in taken.get_data(as_text=True)
     created = client.post("/admin/templates/new", data={
         "name": "webinar", "language": "ru", "subjects": "Запись вебинара",
         "mjml": '<mjml><mj-body><mj-section><mj-column><mj-text>Здравствуйте, {{ lead.first_name }}</mj-text></mj-column></mj-section><mj-include path="_footer.ru.mjml" /></mj-body></mjml>',
-        "csrf_token": csrf_token(page)})
+        "csrf_token": token})
     assert created.status_code == 302
     assert template_id(cast, "webinar", "ru") is not None

@@ -10,8 +10,6 @@ line and reason, are kept as a CSV for download.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import secrets
 from datetime import datetime
@@ -22,7 +20,7 @@ from rq import Queue
 from ..config import Settings
 from ..db import session_scope
 from ..errors import ImportFileError
-from ..lead_import import ImportReport, import_leads
+from ..lead_import import import_leads, rejects_csv
 from ..queues import redis_connection
 
 TTL = 24 * 3600
@@ -65,17 +63,6 @@ def rejects(redis: Redis, import_id: str) -> str | None:
     return data.decode("utf-8") if data is not None else None
 
 
-def rejects_csv(report: ImportReport) -> str:
-    """The rejected rows as CSV: line, reason, then the row's own columns."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    columns = list(report.rejected[0].row) if report.rejected else []
-    writer.writerow(["line", "reason", *columns])
-    for reject in report.rejected:
-        writer.writerow([reject.line, reject.reason, *(reject.row.get(c, "") for c in columns)])
-    return out.getvalue()
-
-
 def run_import(import_id: str) -> dict:
     """The RQ job: import the stored file, reporting progress in Redis."""
     settings = Settings.from_env()
@@ -99,7 +86,7 @@ def run_import(import_id: str) -> dict:
         redis.hset(key, mapping={"state": "failed", "message": f"Nothing was imported: {exc}"})
         return {"state": "failed", "error": str(exc)}
     if report.rejected:
-        redis.set(_key(import_id, "rejects"), rejects_csv(report).encode("utf-8"), ex=TTL)
+        redis.set(_key(import_id, "rejects"), rejects_csv(report.rejected).encode("utf-8"), ex=TTL)
     written = report.created + report.updated
     message = (f"Done: {report.created:,} created, {report.updated:,} updated, {report.merged:,} duplicates merged, "
                f"{len(report.rejected):,} rejected." if written else "Nothing was imported: no valid rows.")

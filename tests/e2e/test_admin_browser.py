@@ -10,7 +10,6 @@ Screenshots of the main pages go to ``tests/artifacts/`` (git-ignored).
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import replace
 from datetime import timedelta
@@ -23,6 +22,7 @@ from werkzeug.serving import make_server
 
 from admin_support import CAST, PASSWORD, create_cast
 from pipeline_history import simulate
+from test_admin_dashboard import CONVERSIONS
 from conftest import free_port, send_due
 from nurture.models import Lead, Message, Sequence
 
@@ -214,8 +214,7 @@ def test_rep_cannot_open_the_sequence_editor(page: Page, cast):
 
 def test_admin_pages_render_for_screenshots(page: Page, cast):
     with cast.session() as s:
-        simulate(s, {"new": 0.9, "contacted": 0.6, "engaged": 0.5, "qualified": 0.6, "proposal": 0.5, "negotiation": 0.6},
-                 150, cast.now - timedelta(days=120))
+        simulate(s, CONVERSIONS, 150, cast.now - timedelta(days=120))
     log_in(page, "admin@example.com")
     page.goto("/admin/dashboard")
     page.fill("#f-deals", "10")
