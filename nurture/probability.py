@@ -26,6 +26,7 @@ batches keyed on the id, committing each batch (the nightly decay).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -108,16 +109,45 @@ class StageTable:
 
 def stage_table(session: Session, *, manual: bool = False) -> StageTable:
     """The stages of the stored pipeline with their blended learned probabilities (``conversion``), or the manual ones."""
-    from .conversion import stage_probabilities
     from .pipeline import stored_pipeline
 
     config = stored_pipeline(session)
     if manual:
         probabilities = {s.key: s.probability for s in config.stages}
     else:
-        probabilities = {key: found.blended for key, found in stage_probabilities(session, config).items()}
+        probabilities = _learned(session, config)
     return StageTable(probabilities, frozenset(s.key for s in config.stages if s.won),
                       frozenset(s.key for s in config.stages if s.lost))
+
+
+LEARNED_REUSE_SECONDS = 600  # learned stage probabilities are reused this long ...
+LEARNED_REUSE_GROWTH = 0.01  # ... while the stage history grows by less than this share
+LEARNED_CACHE_MIN_CHANGES = 1000
+_learned_cache: dict[str, tuple[object, float, int, int | None, dict[str, float]]] = {}
+
+
+def _learned(session: Session, config) -> dict[str, float]:
+    """The blended probabilities, counted over the whole stage history: reused while that barely changed.
+
+    Counting is the costly part (every stage change); the drainer asks for it every batch,
+    and a batch of clicks adds a few changes to a history of hundreds of thousands.
+    """
+    from .conversion import stage_probabilities
+
+    changes, last_id = session.exec(select(sa.func.count(StageChange.id), sa.func.max(StageChange.id))).one()
+    key = str(session.get_bind().engine.url)
+    cached = _learned_cache.get(key)
+    if cached is not None and changes >= LEARNED_CACHE_MIN_CHANGES:  # a small history is quick to count again
+        cached_config, at, cached_changes, cached_last, probabilities = cached
+        unchanged = (cached_changes, cached_last) == (changes, last_id)
+        barely = (time.monotonic() - at < LEARNED_REUSE_SECONDS and (last_id or 0) >= (cached_last or 0)
+                  and 0 <= changes - cached_changes < changes * LEARNED_REUSE_GROWTH)
+        if cached_config is config and (unchanged or barely):
+            return probabilities
+    probabilities = {stage: found.blended for stage, found in stage_probabilities(session, config).items()}
+    _learned_cache.clear()
+    _learned_cache[key] = (config, time.monotonic(), changes, last_id, probabilities)
+    return probabilities
 
 
 def feature_matrix(engagements: list[Engagement]) -> np.ndarray:
@@ -264,7 +294,7 @@ def rescore(session: Session, settings: Settings, lead_ids: list[int], now: date
                         .where(Lead.id.in_(list(lead_ids))).order_by(Lead.id)).all()
     ids = [row[0] for row in rows]
     earliest = now - timedelta(days=1) if day_ago else now
-    touches = load_touches(session, ids, since=horizon(earliest, scorer.half_life_days), until=now)
+    touches = load_touches(session, ids, since=horizon(earliest, scorer.half_life_days))
     found = [engagement(touches.get(i, ()), now, scorer.half_life_days) for i in ids]
     paths = scorer.paths([row[1] for row in rows], found)
     previous = None

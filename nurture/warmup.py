@@ -16,6 +16,7 @@ unsubscribe page call, once per batch, inside their transaction.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +26,7 @@ from .config import Settings
 from .models import Lead
 from .probability import ProbabilityChange, recompute_all, rescore
 
+log = logging.getLogger(__name__)
 OPTED_OUT_STATUSES = ("unsubscribed", "complained", "bounced")
 
 
@@ -77,9 +79,18 @@ def detect(session: Session, settings: Settings, changes: list[ProbabilityChange
 
 def on_activity(session: Session, settings: Settings, lead_ids: list[int], now: datetime, *,
                 replied: frozenset[int] = frozenset()) -> list[WarmUp]:
-    """Recompute these leads (their events are already in the session) and notify for the warm ones."""
-    changes = rescore(session, settings, sorted(set(lead_ids)), now, day_ago=True)
-    return detect(session, settings, changes, now, replied)
+    """Recompute these leads (their events are already in the session) and notify for the warm ones.
+
+    It runs in a savepoint and never fails its caller: an unsubscribe or a batch of events
+    must be stored even if scoring breaks (the nightly pass recomputes the lead anyway).
+    """
+    try:
+        with session.begin_nested():
+            changes = rescore(session, settings, sorted(set(lead_ids)), now, day_ago=True)
+            return detect(session, settings, changes, now, replied)
+    except Exception:
+        log.exception("recomputing the probability of lead(s) %s failed", sorted(set(lead_ids))[:20])
+        return []
 
 
 def after_inbound(session: Session, settings: Settings, email: str, kind: str, now: datetime) -> list[str]:

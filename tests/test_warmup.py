@@ -142,3 +142,20 @@ def test_a_lead_unsubscribing_while_warm_stops_being_warm(nurture, web, event_st
     assert len(notices(n, "olga@example.com")) == 1
     assert n.lead("olga@example.com").probability_at == n.now
     assert timedelta(0) < n.now - notices(n, "olga@example.com")[0].created_at
+
+
+def test_a_scoring_failure_never_loses_the_reply_it_follows(nurture, event_stream, monkeypatch, caplog):
+    n = nurture
+    first = start_links(n)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model weights unreadable")
+
+    monkeypatch.setattr("nurture.warmup.rescore", broken)
+    n.advance(hours=2)
+    result = reply(n, first, "olga@example.com")
+    assert result.kind == "reply"
+    olga = n.lead("olga@example.com")
+    assert olga.status == "replied" and olga.stage == "engaged" and olga.probability_at is None
+    assert n.count(Event, Event.kind == "reply", Event.lead_id == olga.id) == 1
+    assert "recomputing the probability of lead(s)" in caplog.text and "model weights unreadable" in caplog.text
