@@ -343,6 +343,7 @@ def recompute_all(session: Session, settings: Settings, now: datetime,
     while True:
         ids = list(session.exec(select(Lead.id).where(open_leads, Lead.id > last_id).order_by(Lead.id).limit(BATCH)).all())
         if not ids:
+            session.commit()  # ends the read transaction (on SQLite it holds the write lock)
             return done
         changes = rescore(session, settings, ids, now, scorer=scorer, day_ago=on_batch is not None)
         if on_batch is not None:

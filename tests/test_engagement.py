@@ -81,3 +81,24 @@ def test_bad_scoring_settings_are_refused_naming_the_variable(variable, value, m
     with pytest.raises(ConfigError) as error:
         Settings.from_env({variable: value})
     assert str(error.value).startswith(f"{variable}: ") and message in str(error.value)
+
+
+def test_the_scheduler_rescores_every_lead_once_a_day_of_its_clock(nurture):
+    from nurture.periodic import Periodic
+
+    n = nurture
+    lead_with_reply(n)
+    with n.session() as s:
+        first, second = Periodic(n.settings, n.redis), Periodic(n.settings, n.redis)
+        first.rescore_daily(s)
+        assert n.lead("marina@example.ru").probability_at == START
+        n.at(START + timedelta(hours=5))
+        second.settings = first.settings = n.settings
+        first.rescore_daily(s)
+        second.rescore_daily(s)  # another scheduler, the same day: already done
+        assert n.lead("marina@example.ru").probability_at == START
+        n.at(START + timedelta(days=1, hours=1))
+        second.settings = n.settings
+        second.rescore_daily(s)
+    lead = n.lead("marina@example.ru")
+    assert lead.probability_at == START + timedelta(days=1, hours=1) and lead.score == pytest.approx(10 * 0.5 ** (25 / 24 / 14), abs=1e-3)
