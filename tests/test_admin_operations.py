@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlmodel import select
 
 from admin_support import create_cast, csrf_token, login, post_form
@@ -49,8 +51,12 @@ def test_queue_health_counts_waiting_and_failed_jobs(nurture, web):
 def test_warm_leads_are_sorted_by_probability_with_the_reason(leads, web):
     ids = create_cast(leads)
     with leads.session() as s:
-        for email, probability, why in (("olga@example.com", 0.2, [{"label": "opened twice", "points": 0.05}]),
-                                        ("emma@example.co.uk", 0.7, [{"label": "replied", "points": 0.3}])):
+        two_days_ago = (leads.now - timedelta(days=2)).isoformat()
+        for email, probability, why in (
+                ("olga@example.com", 0.2, [{"factor": "stage", "stage": "contacted", "points": 15},
+                                           {"factor": "open", "points": 5, "count": 2, "at": two_days_ago}]),
+                ("emma@example.co.uk", 0.7, [{"factor": "stage", "stage": "engaged", "points": 22},
+                                             {"factor": "reply", "points": 9, "at": two_days_ago}])):
             lead = leads.lead(email)
             lead.probability, lead.probability_why = probability, why
             s.add(lead)
@@ -59,7 +65,11 @@ def test_warm_leads_are_sorted_by_probability_with_the_reason(leads, web):
     login(client, "anna.sales@example.com")
     page = client.get("/admin/my/warm").get_data(as_text=True)
     assert page.index("Emma") < page.index("Ольга")
-    assert "replied +0.3" in page and "opened twice +0.05" in page
+    assert "stage engaged 22%; replied 2 days ago +9" in page
+    assert "opened 2 times, last 2 days ago +5" in page
+    lead_page = client.get(f"/admin/leads/{leads.lead('emma@example.co.uk').id}").get_data(as_text=True)
+    assert "Close probability: <span id=\"probability\">70%</span>" in lead_page
+    assert "<li>replied 2 days ago +9</li>" in lead_page
     assert "John" not in page  # ivan's lead
     manager = web()
     login(manager, "manager@example.com")

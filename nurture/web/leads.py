@@ -72,7 +72,7 @@ def show(lead_id: int):
         "admin/lead.html", lead=lead, document=document, owner=owner, entries=timeline(session, document, lead.id),
         stages=[(s.key, s.name) for s in pipeline.ordered], lost_stages=[s.key for s in pipeline.stages if s.lost],
         lost_reasons=[(r.key, r.label.en) for r in pipeline.lost_reasons], running=running, sequences=sequences,
-        open_sequences=open_sequences, why=why_lines(lead.probability_why), errors={},
+        open_sequences=open_sequences, why=why_lines(lead.probability_why, settings().clock.now()), errors={},
         can_edit_enrollment=current_user.can(*EDITORS))
 
 

@@ -40,7 +40,7 @@ def warm():
                                             Lead.stage.not_in(closed))
                          .order_by(Lead.probability.desc(), Lead.id).limit(WARM_LIMIT)).all()
     reps = session.exec(select(User).where(User.role == "rep").order_by(User.name)).all()
-    return render_template("admin/warm.html", rep=rep, leads=[(lead, why_lines(lead.probability_why)) for lead in leads],
+    return render_template("admin/warm.html", rep=rep, leads=[(lead, why_lines(lead.probability_why, settings().clock.now())) for lead in leads],
                            reps=reps, note=CLOSED_STAGES_NOTE)
 
 

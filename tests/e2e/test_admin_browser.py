@@ -197,7 +197,9 @@ def test_rep_cannot_open_the_sequence_editor(page: Page, cast):
     cast.import_csv("email,first_name,company,owner\nlead@example.com,Лена,Вектор,anna.sales@example.com\n")
     with cast.session() as s:
         lead = s.exec(select(Lead).where(Lead.email == "lead@example.com")).one()
-        lead.probability, lead.probability_why = 0.35, [{"label": "replied 2 days ago", "points": 0.2}]
+        lead.probability, lead.probability_why = 0.35, [
+            {"factor": "stage", "stage": "engaged", "points": 22},
+            {"factor": "reply", "points": 9, "at": (cast.now - timedelta(days=2)).isoformat()}]
         s.add(lead)
         s.commit()
         sequence_id = s.exec(select(Sequence.id)).first()
