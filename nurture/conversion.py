@@ -50,12 +50,13 @@ class StageProbability:
 def transition_counts(session: Session, won_stages: list[str]) -> list[tuple[str | None, str | None, str, bool, int]]:
     """(previous stage by time, recorded from_stage, to_stage, lead won in the end, count) groups."""
     change = StageChange.__table__.c
-    by_time = {"partition_by": change.lead_id, "order_by": (change.changed_at, change.id)}
+    # One window for both: PostgreSQL then evaluates them in a single pass over the sorted
+    # rows (two window definitions cost two passes: twice the time at 5M changes).
+    lead_by_time = {"partition_by": change.lead_id, "order_by": (change.changed_at, change.id), "rows": (None, None)}
     ordered = sa.select(
-        sa.func.lag(change.to_stage).over(**by_time).label("previous"),
+        sa.func.lag(change.to_stage).over(**lead_by_time).label("previous"),
         change.from_stage, change.to_stage,
-        sa.func.max(sa.case((change.to_stage.in_(won_stages), 1), else_=0))
-        .over(partition_by=change.lead_id).label("won"),
+        sa.func.max(sa.case((change.to_stage.in_(won_stages), 1), else_=0)).over(**lead_by_time).label("won"),
     ).subquery()
     rows = session.execute(
         sa.select(ordered.c.previous, ordered.c.from_stage, ordered.c.to_stage, ordered.c.won, sa.func.count())

@@ -32,9 +32,8 @@ from sqlmodel import Session, select
 from .config import PROJECT_ROOT
 from .errors import SequenceFileError
 from .models import Lead, ModelFit, Stage
-from .sequences import suggest
+from .sequences import PIPELINE_FILE, suggest
 
-PIPELINE_FILE = "pipeline.yaml"
 DEFAULT_PIPELINE_PATH = PROJECT_ROOT / "campaigns" / PIPELINE_FILE
 STORED_KIND = "pipeline"  # ModelFit.kind of the stored pipeline document
 STAGE_KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,49}$"

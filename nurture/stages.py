@@ -116,20 +116,32 @@ def _apply_rule(session: Session, lead: Lead, to_stage: str, now: datetime, note
     return move_stage(session, lead, to_stage, source="rule", now=now, note=note, config=config)
 
 
+_lead, _change = Lead.__table__, StageChange.__table__
+_FIRST_SEND_WHERE = sa.and_(_lead.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+                            _lead.c.stage.in_(sa.bindparam("b_before", expanding=True)))
+# Built once and run on the connection: the worker runs them for every chunk it sends.
+_FIRST_SEND_CHANGES = sa.insert(_change).from_select(
+    ["lead_id", "from_stage", "to_stage", "changed_at", "reason", "note", "lost_reason"],
+    sa.select(_lead.c.id, _lead.c.stage, sa.bindparam("b_to", type_=sa.String()),
+              sa.bindparam("b_at", type_=_change.c.changed_at.type), sa.literal("rule"),
+              sa.literal("first message sent"), sa.literal("")).where(_FIRST_SEND_WHERE))
+_FIRST_SEND_LEADS = sa.update(_lead).where(_FIRST_SEND_WHERE).values(
+    stage=sa.bindparam("b_to"), stage_changed_at=sa.bindparam("b_at"), stage_source="rule", updated_at=sa.bindparam("b_at"))
+
+
 def on_first_send(session: Session, lead_ids: list[int], now: datetime, config: PipelineConfig | None = None) -> int:
-    """Leads still before ``rules.first_send`` move there; one INSERT and one UPDATE for the batch."""
+    """Leads still before ``rules.first_send`` move there: one INSERT ... SELECT for the batch,
+    and one UPDATE when it recorded anything (after the first message, usually nothing)."""
     if not lead_ids:
         return 0
     config = config or stored_pipeline(session)
     target = config.rules.first_send
-    before = [key for key in config.chain if config.is_forward(key, target)]
-    eligible = sa.and_(Lead.id.in_(sorted(set(lead_ids))), Lead.stage.in_(before))
-    session.execute(sa.insert(StageChange).from_select(
-        ["lead_id", "from_stage", "to_stage", "changed_at", "reason", "note", "lost_reason"],
-        sa.select(Lead.id, Lead.stage, sa.literal(target), sa.literal(now, StageChange.__table__.c.changed_at.type),
-                  sa.literal("rule"), sa.literal("first message sent"), sa.literal("")).where(eligible)))
-    return session.execute(sa.update(Lead).where(eligible).values(
-        stage=target, stage_changed_at=now, stage_source="rule", updated_at=now)).rowcount or 0
+    params = {"b_ids": sorted(set(lead_ids)), "b_before": [key for key in config.chain if config.is_forward(key, target)],
+              "b_to": target, "b_at": now}
+    connection = session.connection()
+    if not connection.execute(_FIRST_SEND_CHANGES, params).rowcount:
+        return 0
+    return connection.execute(_FIRST_SEND_LEADS, params).rowcount or 0
 
 
 def on_engagement(session: Session, lead: Lead, now: datetime, what: str,
