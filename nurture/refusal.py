@@ -38,7 +38,7 @@ from .models import SENDABLE_LEAD_STATUSES, Enrollment, Event, Lead, Message, No
 from .pipeline import PipelineConfig, stored_pipeline
 from .scheduling import first_step, lead_zone, live_steps, schedule_step
 from .stages import move_stage, return_date
-from .suppression import exit_enrollments
+from .suppression import stop_lead
 
 TRIGGER = "lost"
 SETTLED_PREFIX = "after refusal: "
@@ -68,19 +68,19 @@ def on_lost(session: Session, lead: Lead, change: StageChange, now: datetime) ->
     """Plan the return of a lead just moved to a lost stage; returns what was done, one line each."""
     if change.reason == "import":
         return []
-    running = session.exec(select(Enrollment.id).where(Enrollment.lead_id == lead.id,
-                                                       Enrollment.status.in_(("active", "paused")))).all()
     actions = []
-    if running:
-        exit_enrollments(session, list(running), f"lost ({change.lost_reason})", now)
-        actions.append(f"{len(running)} running sequence(s) stopped")
+    stopped = stop_lead(session, lead.id, f"lost ({change.lost_reason})", now)
+    if stopped:
+        actions.append(f"{stopped} running sequence(s) stopped")
     sequences = session.exec(select(Sequence).where(Sequence.trigger == TRIGGER, Sequence.status == "active")
                              .order_by(Sequence.id)).all()
     if not sequences:
         return actions + ["no active sequence with trigger: lost"]
     suppressed = session.exec(select(Suppression.reason).where(Suppression.email == lead.email)).first()
-    if suppressed or lead.status not in SENDABLE_LEAD_STATUSES:
-        return actions + [f"not followed up: {'suppressed (' + suppressed + ')' if suppressed else 'lead ' + lead.status}"]
+    if suppressed:
+        return actions + [f"not followed up: suppressed ({suppressed})"]
+    if lead.status not in SENDABLE_LEAD_STATUSES:
+        return actions + [f"not followed up: lead {lead.status}"]
     last = last_conversation_at(session, lead.id, now) or now
     context = {
         "lost_reason": change.lost_reason,
