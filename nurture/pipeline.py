@@ -24,7 +24,6 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -32,7 +31,7 @@ from sqlmodel import Session, select
 from .config import PROJECT_ROOT
 from .errors import SequenceFileError
 from .models import Lead, ModelFit, Stage
-from .sequences import PIPELINE_FILE, suggest
+from .sequences import PIPELINE_FILE, read_yaml, suggest
 
 DEFAULT_PIPELINE_PATH = PROJECT_ROOT / "campaigns" / PIPELINE_FILE
 STORED_KIND = "pipeline"  # ModelFit.kind of the stored pipeline document
@@ -231,19 +230,7 @@ def parse_pipeline(data: object, source: str) -> PipelineConfig:
 
 def load_pipeline(path: Path) -> PipelineConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SequenceFileError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise SequenceFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SequenceFileError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_pipeline(data, str(path))
+    return parse_pipeline(read_yaml(path), str(path))
 
 
 def pipeline_file(campaigns_dir: Path) -> Path:
