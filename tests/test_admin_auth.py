@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from sqlmodel import select
+
 from admin_support import PASSWORD, create_cast, csrf_token, login, post_form
+from nurture.models import User
 
 
 def test_pages_need_a_login(nurture, web):
@@ -98,6 +101,9 @@ def test_an_admin_creates_a_user_who_can_then_log_in(nurture, web):
     assert created.status_code == 302
     other = web()
     assert login(other, "new@example.com", "a long password").status_code == 302
+    user_id = nurture.scalar(select(User.id).where(User.email == "new@example.com"))
+    editing = client.get(f"/admin/users?edit={user_id}").get_data(as_text=True)
+    assert 'value="new@example.com"' in editing and 'value="Нина"' in editing
     assert other.get("/admin/templates").status_code == 200
 
 

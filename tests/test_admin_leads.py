@@ -177,3 +177,23 @@ def test_search_pages_and_counts_past_one_page(cast, web):
     beyond = client.get("/admin/leads?q=acme&page=5").get_data(as_text=True)
     assert lead_rows(beyond) == [] and "Leads <span class=\"muted\">60</span>" in beyond
     assert len(lead_rows(client.get("/admin/leads?q=ПОКУПАТЕЛЬ").get_data(as_text=True))) == 50
+
+
+def test_enroll_the_filtered_segment(leads, web):
+    create_cast(leads)
+    leads.enroll("systematic-follow-up", emails=["petr@example.org"])
+    client = web()
+    login(client, "marketer@example.com")
+    page = client.get("/admin/leads?tag=webinar").get_data(as_text=True)
+    assert "Enroll all 2 matching leads in" in page
+    sequence_id = leads.enrollments()[0].sequence_id
+    response = client.post("/admin/leads/enroll?tag=webinar", data={"sequence_id": str(sequence_id),
+                                                                    "csrf_token": csrf_token(page)}, follow_redirects=True)
+    text = response.get_data(as_text=True)
+    assert "Enrolled 1 of 2 matching leads" in text and "not enrolled, already enrolled: 1" in text
+    enrolled = {leads.scalar(select(Lead.email).where(Lead.id == e.lead_id)) for e in leads.enrollments()}
+    assert enrolled == {"petr@example.org", "olga@example.com"}
+    rep = web()
+    login(rep, "anna.sales@example.com")
+    token = csrf_token(rep.get("/admin/leads").get_data(as_text=True))
+    assert rep.post("/admin/leads/enroll", data={"sequence_id": str(sequence_id), "csrf_token": token}).status_code == 403

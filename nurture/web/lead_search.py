@@ -128,3 +128,9 @@ def search(session: Session, query: LeadQuery, scope=lambda statement: statement
     statement = filtered(scope(select(Lead)), query, postgresql).order_by(*SORTS[query.sort])
     leads = session.exec(statement.limit(PER_PAGE).offset(offset)).all()
     return list(leads), total
+
+
+def matching_ids(session: Session, query: LeadQuery, limit: int) -> list[int]:
+    """The ids of up to ``limit`` + 1 matching leads, oldest first (one more tells "too many")."""
+    statement = filtered(select(Lead.id), query, is_postgresql(session)).order_by(Lead.id).limit(limit + 1)
+    return list(session.exec(statement).all())

@@ -21,12 +21,14 @@ from ..pipeline import stored_pipeline
 from ..stages import move_stage
 from ..suppression import exit_enrollments, suppress
 from .access import EDITORS, db_session, lead_for_user, lead_scope, roles_required, settings
-from .lead_search import PER_PAGE, LeadQuery, search
+from .lead_search import PER_PAGE, LeadQuery, matching_ids, search
 from .lead_timeline import timeline
 
 blueprint = Blueprint("leads", __name__, template_folder="../web_templates")
 ANYONE = ("admin", "marketer", "manager", "rep")
 MAX_NOTE = 5000
+MAX_SEGMENT = 50_000  # leads enrolled by one click; more is a job for `nurture enroll`
+ENROLL_CHUNK = 5_000
 
 
 @blueprint.get("/leads")
@@ -39,7 +41,42 @@ def index():
     leads, total = search(session, query, lead_scope)
     owners = dict(session.exec(select(User.id, User.name)).all())
     return render_template("admin/leads.html", leads=leads, total=total, query=query, errors=errors,
-                           pages=max(1, -(-total // PER_PAGE)), owners=owners, filters=_filter_options())
+                           pages=max(1, -(-total // PER_PAGE)), owners=owners, filters=_filter_options(),
+                           can_enroll=current_user.can(*EDITORS), max_segment=MAX_SEGMENT)
+
+
+@blueprint.post("/leads/enroll")
+@roles_required(*EDITORS)
+def enroll_segment():
+    """Enroll every lead the list's filters match (the query string) in the chosen sequence."""
+    session = db_session()
+    query, errors = LeadQuery.from_args(request.args)
+    back = url_for("leads.index") + (f"?{query.args()}" if query.args() else "")
+    sequence_id = request.form.get("sequence_id", "")
+    sequence = session.get(Sequence, int(sequence_id)) if sequence_id.isdigit() else None
+    if errors or sequence is None:
+        flash("Not enrolled: " + ("; ".join(f"{k}: {v}" for k, v in errors.items()) or "choose a sequence."), "error")
+        return redirect(back)
+    ids = matching_ids(session, query, MAX_SEGMENT)
+    if len(ids) > MAX_SEGMENT:
+        flash(f"Not enrolled: more than {MAX_SEGMENT:,} leads match; narrow the filters or use `nurture enroll`.", "error")
+        return redirect(back)
+    enrolled, refused = 0, {}
+    try:
+        for start in range(0, len(ids), ENROLL_CHUNK):
+            report = enroll(session, settings(), sequence.key, LeadFilter(lead_ids=ids[start:start + ENROLL_CHUNK]),
+                            settings().clock.now())
+            enrolled += report.enrolled
+            for reason, emails in report.refused.items():
+                refused[reason] = refused.get(reason, 0) + len(emails)
+    except NurtureError as exc:
+        session.rollback()
+        flash(f"Not enrolled: {exc}", "error")
+        return redirect(back)
+    details = "".join(f"\n• not enrolled, {reason}: {count:,}" for reason, count in refused.items())
+    flash(f"Enrolled {enrolled:,} of {len(ids):,} matching leads in {sequence.name}." + details,
+          "success" if enrolled else "error")
+    return redirect(back)
 
 
 def _filter_options() -> dict:

@@ -87,7 +87,10 @@ def suppression_remove():
 @roles_required("admin")
 def users():
     rows = db_session().exec(select(User).order_by(User.active.desc(), User.role, User.email)).all()
-    return render_template("admin/users.html", rows=rows, role_options=ROLE_OPTIONS, errors={}, form={})
+    editing = next((u for u in rows if str(u.id) == request.args.get("edit")), None)
+    form = {"email": editing.email, "name": editing.name, "role": editing.role,
+            "active": "on" if editing.active else ""} if editing else {}
+    return render_template("admin/users.html", rows=rows, role_options=ROLE_OPTIONS, errors={}, form=form)
 
 
 @blueprint.post("/users")
