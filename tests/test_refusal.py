@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from types import SimpleNamespace
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -18,11 +19,13 @@ from nurture.errors import SequenceFileError
 from nurture.inbound import process_raw
 from nurture.models import Enrollment, Lead, Message, Note, Notification, Sequence, StageChange, Step
 from nurture.periodic import Periodic
+from nurture.pipeline import load_pipeline
 from nurture.refusal_context import refusal_variables
+from nurture.rendering import Renderer, compile_template, sample_context
 from nurture.send_window import SendWindow, inside
 from nurture.stages import move_stage
 
-from conftest import ANNA, CAMPAIGNS_DIR, START, drive, iso, received_by, send_due, write_campaigns
+from conftest import ANNA, CAMPAIGNS_DIR, START, TEMPLATES_DIR, drive, iso, received_by, send_due, write_campaigns
 
 REFUSAL = "follow-up-after-refusal"
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -300,3 +303,19 @@ def test_bad_refusal_sequences_name_file_step_and_field(nurture, steps, expected
         nurture.load_campaigns(folder)
     assert f"{folder / 'refusal-test.yaml'}: {expected}" in str(info.value)
     assert nurture.count(Sequence) == 0
+
+
+@pytest.mark.parametrize("path", sorted(TEMPLATES_DIR.glob("refusal-*.mjml")), ids=lambda p: p.name)
+def test_every_refusal_letter_names_the_day_for_every_lost_reason_and_never_asks_if_they_decided(path):
+    compiled = compile_template(path)
+    template = SimpleNamespace(checksum=compiled.checksum, html=compiled.html, text=compiled.text)
+    language = compiled.language
+    day = "12 марта" if language == "ru" else "12 March"
+    renderer = Renderer()
+    for reason in load_pipeline(CAMPAIGNS_DIR / "pipeline.yaml").lost_reasons:
+        context = {**sample_context(), "refusal": {"reason": reason.key, "reason_label": getattr(reason.label, language),
+                                                   "last_conversation": day, "stage_before": "proposal"}}
+        rendered = renderer.render(template, compiled.subjects[0], context)
+        assert f" {day}, " in rendered.text, (reason.key, rendered.text)  # "When we spoke on 12 March, ..."
+        assert "decided?" not in rendered.text and "решили?" not in rendered.text
+        assert "{{" not in rendered.text and "{%" not in rendered.text
