@@ -29,6 +29,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
+from functools import lru_cache
 from typing import Callable
 
 import sqlalchemy as sa
@@ -165,7 +166,8 @@ class _StageNames:
         raise ValueError(f"lost_reason {text!r} is not one of {', '.join(keys)}{suggest(wanted, keys)}")
 
 
-def _values(fields: list[str], columns: dict[int, str], header: list[str]) -> dict[str, str]:
+def _values(fields: list[str], columns: dict[int, str], header: list[str],
+            normalise_email: Callable[[str], str]) -> dict[str, str]:
     if len(fields) > len(header):
         raise ValueError(f"{len(fields)} fields but the header has {len(header)} (a stray delimiter?)")
     values = {}
@@ -177,7 +179,7 @@ def _values(fields: list[str], columns: dict[int, str], header: list[str]) -> di
             raise ValueError(f"{target} is {len(value)} characters; at most {FIELD_LIMITS[target]}")
         values[target] = value
     if values.get("email"):
-        values["email"] = normalise(values["email"])
+        values["email"] = normalise_email(values["email"])
         if "@" not in values["email"]:
             raise ValueError(f"email {values['email']!r} is not an address")
     if not values.get("email") and not values.get("external_id"):
@@ -255,9 +257,10 @@ def import_history(session: Session, data: bytes, now: datetime, mapping: dict[s
     names = _StageNames(config, stage_map or {})
     report = HistoryReport(rows=len(rows), shape=shape)
     histories: dict[str, _LeadHistory] = {}
+    normalise_email = lru_cache(maxsize=None)(normalise)  # a lead's address repeats on each of its changes
     for line, fields in rows:
         try:
-            values = _values(fields, columns, header)
+            values = _values(fields, columns, header, normalise_email)
             changes = expand(values, names, now)
         except ValueError as exc:
             report.rejected.append(Reject(line, str(exc), dict(zip(header, fields))))

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from nurture.event_stream import drain, stream_key
 from nurture.inbound import process_raw
-from nurture.models import Lead, StageChange
+from nurture.models import Event, Lead, StageChange
 from nurture.pipeline import default_pipeline
 from nurture.reactions import on_tracking_events
 from nurture.stages import cool_stale_leads, move_stage, on_engagement, return_date
@@ -188,3 +188,17 @@ def test_on_engagement_says_why_it_leaves_a_lead(sent):
         lead = s.exec(select(Lead).where(Lead.email == OLGA)).one()
         assert on_engagement(s, lead, n.now, "clicked") is None
     assert n.lead(OLGA).stage == "archived"
+
+
+def test_machine_clicks_and_opens_move_nothing(sent):
+    n, first = sent
+    john = n.lead(JOHN)
+    events = [Event(lead_id=john.id, message_id=first[JOHN].id, kind=kind, is_machine=True, occurred_at=n.now)
+              for kind in ("click", "open")]
+    events.append(Event(lead_id=john.id, message_id=first[JOHN].id, kind="open", is_machine=False, occurred_at=n.now))
+    with n.session() as s:
+        s.add_all(events)
+        s.flush()
+        on_tracking_events(s, events, n.now)
+        s.commit()
+    assert n.lead(JOHN).stage == "contacted" and len(changes(n, JOHN)) == 1
