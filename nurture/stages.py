@@ -95,15 +95,15 @@ def rule_refusal(config: PipelineConfig, lead: Lead, to_stage: str) -> str:
     current = config.stage(lead.stage)
     if current.terminal:
         return f"{lead.stage} is final"
-    if current.cold:
-        return "" if to_stage == config.rules.engagement else f"{lead.stage} leads come back only by engaging"
-    if config.is_forward(lead.stage, to_stage):
+    if config.is_forward(lead.stage, to_stage) or (current.cold and to_stage == config.rules.engagement):
         return ""
     if lead.stage_source == "manual":
         return f"{lead.stage} was set by hand; a rule does not move it to {to_stage}"
+    if current.cold and to_stage in config.chain:
+        return f"{lead.stage} leads come back only by engaging"
     if to_stage in config.chain:
         return f"{to_stage} is not ahead of {lead.stage}"
-    return ""
+    return ""  # sideways, off the chain: cooling, archiving
 
 
 def _apply_rule(session: Session, lead: Lead, to_stage: str, now: datetime, note: str,

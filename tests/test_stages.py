@@ -14,7 +14,7 @@ from nurture.inbound import process_raw
 from nurture.models import Event, Lead, StageChange
 from nurture.pipeline import default_pipeline
 from nurture.reactions import on_tracking_events
-from nurture.stages import cool_stale_leads, move_stage, on_engagement, return_date
+from nurture.stages import cool_stale_leads, move_stage, on_engagement, on_first_send, return_date
 
 from conftest import BASE_URL, received_by, start_links
 from mail_samples import reply
@@ -202,3 +202,21 @@ def test_machine_clicks_and_opens_move_nothing(sent):
         on_tracking_events(s, events, n.now)
         s.commit()
     assert n.lead(JOHN).stage == "contacted" and len(changes(n, JOHN)) == 1
+
+
+def test_a_cold_lead_that_unsubscribes_is_archived_and_one_that_is_mailed_stays_cold(sent, web):
+    n, first = sent
+    n.advance(days=31)
+    with n.session() as s:
+        cool_stale_leads(s, None, n.now)
+        s.commit()
+    assert {n.lead(e).stage for e in (OLGA, JOHN)} == {"cold"}
+    with n.session() as s:
+        on_first_send(s, [n.lead(OLGA).id], n.now)  # a re-offer sent to a cold lead
+        s.commit()
+    assert n.lead(OLGA).stage == "cold"
+    parsed = received_by(n)[JOHN][0]
+    path = urlsplit(re.search(r"<(https://[^>]+)>", str(parsed["List-Unsubscribe"]))[1]).path
+    assert web().post(path).status_code == 200
+    assert n.lead(JOHN).stage == "archived"
+    assert changes(n, JOHN)[-1] == ("cold", "archived", "rule")
