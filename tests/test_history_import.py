@@ -71,7 +71,7 @@ def test_the_maven_export_is_imported_and_stats_learn_its_win_rate(nurture, mave
     assert (sample.stage, sample.stage_source, sample.company) == ("won", "import", rows[0]["account"])
     before = counts(n)
     again = n.cli("history", "import", str(maven_csv), check=True)
-    assert f"changes: 0" in again.stdout and f"already imported: {2 * dated + won + lost}" in again.stdout
+    assert "changes: 0" in again.stdout and f"already imported: {2 * dated + won + lost}" in again.stdout
     assert counts(n) == before
 
 
