@@ -105,6 +105,7 @@ def _prepare(settings: Settings) -> None:
 
 def _snapshot(settings: Settings, catcher_dir: Path) -> Group:
     from .models import Lead, Message, Step
+    from .pipeline import stored_pipeline
 
     with Session(db.engine_for(settings.database_url)) as session:
         counts = session.exec(select(Step.key, Message.status, func.count()).join(Step, Step.id == Message.step_id)
@@ -112,6 +113,8 @@ def _snapshot(settings: Settings, catcher_dir: Path) -> Group:
         recent = session.exec(select(Message.sent_at, Lead.email, Lead.timezone, Step.key, Message.subject)
                               .join(Lead, Lead.id == Message.lead_id).join(Step, Step.id == Message.step_id)
                               .where(Message.status == "sent").order_by(Message.sent_at.desc()).limit(12)).all()
+        stages = dict(session.exec(select(Lead.stage, func.count()).group_by(Lead.stage)).all())
+        order = stored_pipeline(session).keys
     now = settings.clock.now()
     per_step: dict[str, dict[str, int]] = {}
     for key, status, count in counts:
@@ -132,7 +135,9 @@ def _snapshot(settings: Settings, catcher_dir: Path) -> Group:
         local = sent_at.astimezone(zone(tz or "Europe/Moscow"))
         latest.add_row(f"{local:%a %d %b %H:%M} {tz or ''}", email, key, subject)
     caught = len(list(catcher_dir.glob("*.eml")))
-    return Group(summary, latest, Panel(f"caught mail: {caught}  ·  read it at {settings.base_url}/caught  ·  Ctrl-C stops"))
+    by_stage = "  ".join(f"{key} {stages[key]}" for key in order if stages.get(key))
+    return Group(summary, latest, Panel(f"leads by stage: {by_stage}\n"
+                                        f"caught mail: {caught}  ·  read it at {settings.base_url}/caught  ·  Ctrl-C stops"))
 
 
 def run_demo(speed: float, days: int, workdir: Path, port: int, headless: bool) -> None:
