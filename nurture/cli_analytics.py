@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .analytics.chain import AnalyticsError, Chain, load_chain
+from .analytics.report_sql import tune_for_reports
 
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)  # piped: wide, not wrapped
 DATE = click.DateTime(formats=["%Y-%m-%d"])
@@ -34,6 +35,7 @@ def _session(now: str | None):
 
     settings = cli.settings_for(now)
     with cli.open_session(settings) as session:
+        tune_for_reports(session)  # before nurture.conversion's queries too
         yield session, settings.clock.now()
 
 

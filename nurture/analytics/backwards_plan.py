@@ -33,6 +33,7 @@ from sqlmodel import Session, select
 from ..conversion import StageProbability
 from ..models import Lead, Plan, StageChange
 from .chain import AnalyticsError, Chain
+from .report_sql import tune_for_reports
 
 SAMPLES = 20_000
 SEED = 20260302  # fixed: the same question gets the same answer
@@ -231,6 +232,7 @@ def step_conversions(probabilities: dict[str, StageProbability], chain: Chain, p
 
 def cycle_times(session: Session, chain: Chain) -> list[float]:
     """Days from entering the funnel (first stage change) to won, for every won lead."""
+    tune_for_reports(session)
     won_at = sa.func.min(sa.case((StageChange.to_stage == chain.won, StageChange.changed_at)))
     query = sa.select(sa.func.min(StageChange.changed_at), won_at).group_by(StageChange.lead_id).having(won_at.is_not(None))
     return [(won - entered).total_seconds() / 86400 for entered, won in session.execute(query)

@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from ..models import Plan, StageChange
 from .chain import Chain
+from .report_sql import tune_for_reports
 
 MIN_EXITS = 10
 WINDOW_DAYS = 28
@@ -107,6 +108,7 @@ def _r(x: float | None) -> float | None:
 
 def moves(session: Session, start: datetime, end: datetime) -> list[tuple[str | None, str, int]]:
     """(previous stage by time, new stage, count) of the stage changes in [start, end)."""
+    tune_for_reports(session)
     previous = sa.func.lag(StageChange.to_stage).over(partition_by=StageChange.lead_id,
                                                       order_by=(StageChange.changed_at, StageChange.id))
     ordered = sa.select(sa.func.coalesce(previous, StageChange.from_stage).label("previous"), StageChange.to_stage,

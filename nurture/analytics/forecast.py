@@ -29,6 +29,7 @@ from sqlmodel import Session
 from ..models import Lead
 from .chain import Chain
 from .funnel import time_in_stage
+from .report_sql import tune_for_reports
 
 PERCENTILES = (0.1, 0.5, 0.9)
 SIMULATIONS = 4000
@@ -145,6 +146,7 @@ def remaining_days(session: Session, chain: Chain) -> dict[str, float]:
 
 def forecast(session: Session, chain: Chain, now: datetime, default_value: float | None = None) -> list[ForecastRow]:
     """The open leads' forecast per expected close month, and in total."""
+    tune_for_reports(session)
     remaining = remaining_days(session, chain)
     query = sa.select(Lead.stage, Lead.stage_changed_at, Lead.created_at, Lead.probability, Lead.deal_value).where(
         Lead.stage.in_(chain.keys[:-1]))
