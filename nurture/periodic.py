@@ -34,12 +34,12 @@ class Periodic:
         self.settings = settings
         self.connection = connection
         self.consumer = f"scheduler-{os.uname().nodename}-{os.getpid()}"
-        self.last_poll = 0.0
+        self.last_poll = float("-inf")  # not 0.0: monotonic time starts at boot, and a fresh machine is younger than the interval
         self.last_rescore_day: str | None = None
         self.last_review_week: str | None = None
         self.last_returns: datetime | None = None
         self.last_settle: datetime | None = None
-        self.last_requeue = 0.0
+        self.last_requeue = float("-inf")
 
     def rescore_daily(self, session: Session) -> list[str]:
         """Recompute every open lead's probability once per day of nurture's clock (decay), across schedulers."""
