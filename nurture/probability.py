@@ -4,8 +4,8 @@ The model, on the logit scale::
 
     logit(p) = a * logit(p_stage) + b + w . x
 
-``p_stage`` is the stage's probability (learned and blended by ``conversion`` when
-that is available, else the manual ``Stage.probability``); ``x`` are the
+``p_stage`` is the stage's probability: the learned one blended with the manager's
+(``conversion.stage_probabilities``, computed once per call); ``x`` are the
 engagement features: log(1 + decayed count) of human replies, human clicks,
 human opens and machine events, and 1 when the lead opted out (unsubscribed or
 complained). ``a``, ``b`` and ``w`` are the ``Weights``: sensible defaults
@@ -19,8 +19,8 @@ apply the baseline (``a``, ``b``), then add each feature in turn; each step's
 change in rounded percentage points is its contribution, so the points add up
 exactly to the shown number ("34%: stage engaged 22%, replied 2 days ago +9, ...").
 
-``rescore`` recomputes many leads in one pass (two queries and one executemany),
-inside the caller's transaction; ``recompute_all`` walks every open lead in
+``rescore`` recomputes many leads in one pass (a query for the leads, one for their
+events, one executemany), inside the caller's transaction; ``recompute_all`` walks every open lead in
 batches keyed on the id, committing each batch (the nightly decay).
 """
 
