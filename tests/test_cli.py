@@ -134,7 +134,7 @@ def test_enroll_refuses_suppressed_and_archived_leads_with_a_reason(leads, run):
 def test_enroll_errors_are_one_line(cast, run):
     result = run("enroll", "--sequence", "nope", "--all")
     assert result.exit_code == 1
-    assert result.stderr == "error: no sequence 'nope' (known: systematic-follow-up)\n"
+    assert result.stderr == "error: no sequence 'nope' (known: follow-up-after-refusal, re-offer-cold-leads, systematic-follow-up)\n"
     result = run("enroll", "--sequence", "systematic-follow-up")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: say which leads:")
