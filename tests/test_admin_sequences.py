@@ -98,6 +98,10 @@ def test_editing_an_active_sequence_says_what_happens_to_enrolled_leads(leads, w
              "condition": s.condition, "goal": s.goal} for s in steps]
     del rows[0]  # remove the step everyone waits on
     data = builder_form(rows, key=sequence.key, name=sequence.name)
+    review = client.post(url, data={**data, "action": "review", "csrf_token": csrf_token(page)}).get_data(as_text=True)
+    assert "If you save now:" in review and f"Step &#39;{first.key}&#39; is removed (retired): 4 lead(s)" in review
+    with leads.session() as s:
+        assert not s.get(Step, first.id).retired  # reviewing saves nothing
     response = client.post(url, data={**data, "csrf_token": csrf_token(page)}, follow_redirects=True)
     text = response.get_data(as_text=True)
     assert f"Step &#39;{first.key}&#39; is removed (retired): 4 lead(s) waiting on it will continue at step &#39;{rest[0].key}&#39;" in text

@@ -81,7 +81,10 @@ def _builder(sequence: Sequence | None, form: SequenceForm):
         spec, errors = check(form, status, template_names)
         if sequence is None and not errors and session.exec(select(Sequence.id).where(Sequence.key == form.key)).first():
             errors["key"] = f"a sequence with key {form.key!r} exists already"
-        if spec is not None and not errors:
+        if spec is not None and not errors and action == "review":
+            changes = describe_changes(session, sequence, spec) if sequence else []
+            changes = changes or ["Nothing that changes anything for enrolled leads."]
+        elif spec is not None and not errors:
             changes = describe_changes(session, sequence, spec) if sequence else []
             report = LoadReport()
             _upsert_sequence(session, spec, settings().clock.now(), report)
@@ -90,12 +93,13 @@ def _builder(sequence: Sequence | None, form: SequenceForm):
             flash("Saved." + ("" if report.sequences_added or report.sequences_updated else " Nothing had changed.")
                   + "".join(f"\n• {line}" for line in changes), "success")
             return redirect(url_for("sequences.edit", sequence_id=saved.id))
-        flash("Not saved: fix the fields marked in red.", "error")
+        else:
+            flash("Not saved: fix the fields marked in red.", "error")
     active = 0
     if sequence is not None:
         active = session.exec(select(sa.func.count()).select_from(Enrollment).where(
             Enrollment.sequence_id == sequence.id, Enrollment.status == "active")).one()
-    return render_template("admin/sequence_edit.html", sequence=sequence, form=form, errors=errors,
+    return render_template("admin/sequence_edit.html", sequence=sequence, form=form, errors=errors, changes=changes,
                            active_enrollments=active, days=DAY_NAMES,
                            kinds=[(k, k.replace("_", " ")) for k in STEP_KINDS],
                            conditions=[(c, c.replace("_", " ")) for c in CONDITIONS],
