@@ -96,6 +96,7 @@ def run_weekly_review(session: Session, settings: Settings, now: datetime, *, dr
     report.flagged = flag_stuck(session, report.stuck, now)
     since = now - timedelta(days=7)
     created: list[Notification] = []
+    team: dict | None = None  # the managers' digest: the same figures for each, computed once
     for user in session.exec(select(User).where(User.active.is_(True), User.role.in_(("rep", "manager")))
                              .order_by(User.id)).all():
         if user.role == "rep":
@@ -103,7 +104,8 @@ def run_weekly_review(session: Session, settings: Settings, now: datetime, *, dr
             if payload is None:
                 continue  # owns no leads: nothing to review
         else:
-            payload = manager_digest(session, settings, report, since, now)
+            team = team or manager_digest(session, settings, report, since, now)
+            payload = dict(team)
         already = session.exec(select(Notification.id).where(
             Notification.user_id == user.id, Notification.kind == "digest",
             Notification.created_at >= week_start, Notification.created_at < week_start + timedelta(days=7))).first()
@@ -165,19 +167,12 @@ def flag_stuck(session: Session, stuck: list[StuckLead], now: datetime) -> int:
     for lead_id, created_at in session.exec(select(Notification.lead_id, Notification.created_at).where(
             Notification.kind == "stuck", Notification.lead_id.in_([s.lead_id for s in stuck]))).all():
         flagged_since[lead_id] = max(created_at, flagged_since.get(lead_id, created_at))
-    new = [s for s in stuck if s.lead_id not in flagged_since or flagged_since[s.lead_id] < _aware(entered[s.lead_id])]
+    new = [s for s in stuck if s.lead_id not in flagged_since or flagged_since[s.lead_id] < entered[s.lead_id]]
     session.add_all(Notification(
         user_id=s.owner_id, lead_id=s.lead_id, kind="stuck", channel="task", status="open", created_at=now,
         reason=f"{s.days:g} days in {s.stage} (limit {s.limit_days:g}: {s.limit_from})",
         payload={"stage": s.stage, "days": s.days, "limit_days": s.limit_days}) for s in new)
     return len(new)
-
-
-def _aware(moment: datetime) -> datetime:
-    """``coalesce`` in a raw select loses the column type on SQLite: read it back as UTC."""
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 # --- digests -------------------------------------------------------------------------------------
