@@ -231,12 +231,17 @@ def step_conversions(probabilities: dict[str, StageProbability], chain: Chain, p
 
 
 def cycle_times(session: Session, chain: Chain) -> list[float]:
-    """Days from entering the funnel (first stage change) to won, for every won lead."""
+    """Days from entering the funnel to won, for every lead now in the won stage.
+
+    Entering is the lead's creation, or its first stage change when that is earlier
+    (imported history), as in the funnel. Only the won leads' changes are read.
+    """
     tune_for_reports(session)
     won_at = sa.func.min(sa.case((StageChange.to_stage == chain.won, StageChange.changed_at)))
-    query = sa.select(sa.func.min(StageChange.changed_at), won_at).group_by(StageChange.lead_id).having(won_at.is_not(None))
-    return [(won - entered).total_seconds() / 86400 for entered, won in session.execute(query)
-            if won is not None and entered is not None]
+    query = (sa.select(Lead.created_at, sa.func.min(StageChange.changed_at), won_at)
+             .join(Lead, Lead.id == StageChange.lead_id).where(Lead.stage == chain.won)
+             .group_by(StageChange.lead_id, Lead.created_at).having(won_at.is_not(None)))
+    return [(won - min(created, first)).total_seconds() / 86400 for created, first, won in session.execute(query)]
 
 
 def won_between(session: Session, chain: Chain, start: datetime, end: datetime) -> int:
