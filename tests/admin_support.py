@@ -31,6 +31,14 @@ def create_cast(n) -> dict[str, int]:
         return dict(s.exec(select(User.email, User.id)).all())
 
 
+def logged_in(n, web, email: str):
+    """The cast created and a test client of the app logged in as ``email``."""
+    create_cast(n)
+    client = web()
+    assert login(client, email).status_code == 302
+    return client
+
+
 def csrf_token(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert match, "no CSRF token in the page"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from admin_support import PASSWORD, create_cast, csrf_token, login, post_form
+from admin_support import PASSWORD, create_cast, csrf_token, logged_in, login, post_form
 from nurture.models import User
 
 
@@ -80,9 +80,7 @@ def test_a_rep_cannot_open_sequences_templates_or_users(nurture, web):
 
 
 def test_a_marketer_cannot_manage_users(nurture, web):
-    create_cast(nurture)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(nurture, web, "marketer@example.com")
     assert client.get("/admin/users").status_code == 403
     token = csrf_token(client.get("/admin/leads").get_data(as_text=True))
     assert client.post("/admin/users", data={"email": "evil@example.com", "role": "admin", "password": "x" * 12,
@@ -90,9 +88,7 @@ def test_a_marketer_cannot_manage_users(nurture, web):
 
 
 def test_an_admin_creates_a_user_who_can_then_log_in(nurture, web):
-    create_cast(nurture)
-    client = web()
-    login(client, "admin@example.com")
+    client = logged_in(nurture, web, "admin@example.com")
     short = post_form(client, "/admin/users", {"email": "new@example.com", "role": "marketer", "password": "short",
                                               "active": "on"})
     assert short.status_code == 400 and "at least 10 characters" in short.get_data(as_text=True)

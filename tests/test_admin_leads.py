@@ -6,7 +6,7 @@ import re
 
 from sqlmodel import select
 
-from admin_support import create_cast, csrf_token, login, post_form
+from admin_support import create_cast, csrf_token, logged_in, login, post_form
 from nurture.models import Enrollment, Lead, Note, StageChange, Suppression
 
 XSS = "<script>alert(1)</script>"
@@ -42,9 +42,7 @@ def test_list_filters_by_stage_owner_tag_and_search(leads, web):
 
 
 def test_a_rep_sees_only_their_own_leads(leads, web):
-    create_cast(leads)
-    client = web()
-    login(client, "anna.sales@example.com")
+    client = logged_in(leads, web, "anna.sales@example.com")
     assert sorted(lead_rows(client.get("/admin/leads").get_data(as_text=True))) == ["emma@example.co.uk", "olga@example.com"]
     john = leads.lead("john@example.net")
     assert client.get(f"/admin/leads/{john.id}").status_code == 404
@@ -93,9 +91,7 @@ def test_stage_change_needs_a_lost_reason_for_lost(leads, web):
 
 
 def test_notes_enroll_unenroll_and_suppress_from_the_lead_page(leads, web):
-    create_cast(leads)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(leads, web, "marketer@example.com")
     john = leads.lead("john@example.net")
     url = f"/admin/leads/{john.id}"
     post_form(client, f"{url}/notes", {"body": "Звонил, просит КП"}, page_url=url)
@@ -117,9 +113,7 @@ def test_notes_enroll_unenroll_and_suppress_from_the_lead_page(leads, web):
 
 
 def test_csv_import_runs_on_the_worker_with_progress_and_rejects(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     csv_bytes = ("email;first_name;company\nok@example.com;Олег;Ромашка\nnot-an-email;Bad;Row\n"
                  "ok2@example.com;Kate;Acme\n").encode()
     page = client.get("/admin/leads/import").get_data(as_text=True)
@@ -147,9 +141,7 @@ def test_csv_import_runs_on_the_worker_with_progress_and_rejects(cast, web):
 
 
 def test_an_unreadable_csv_fails_with_the_reason(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     from io import BytesIO
 
     page = client.get("/admin/leads/import").get_data(as_text=True)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from admin_support import create_cast, csrf_token, login, post_form
+from admin_support import create_cast, csrf_token, logged_in, login, post_form
 from nurture.models import Enrollment, Notification, Suppression
 
 
@@ -99,9 +99,7 @@ def test_notifications_list_and_done(leads, web):
 
 
 def test_notification_links_reach_the_lead_page(leads, web):
-    create_cast(leads)
-    client = web()
-    login(client, "anna.sales@example.com")
+    client = logged_in(leads, web, "anna.sales@example.com")
     olga = leads.lead("olga@example.com")
     response = client.get(f"/leads/{olga.id}", follow_redirects=True)
     assert response.status_code == 200 and "Ольга Иванова" in response.get_data(as_text=True)

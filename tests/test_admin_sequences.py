@@ -7,7 +7,7 @@ import re
 
 from sqlmodel import select
 
-from admin_support import create_cast, csrf_token, login
+from admin_support import create_cast, csrf_token, logged_in, login
 from nurture.models import Enrollment, Sequence, Step
 
 
@@ -29,9 +29,7 @@ def open_builder(client, url="/admin/sequences/new") -> str:
 
 
 def test_marketer_builds_a_three_step_sequence(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     token = open_builder(client)
     response = client.post("/admin/sequences/new", data={**builder_form([
         {"key": "hello", "kind": "first_contact", "template": "first_contact", "subjects_en": "Hi {{ lead.first_name }}\nHello there"},
@@ -51,9 +49,7 @@ def test_marketer_builds_a_three_step_sequence(cast, web):
 
 
 def test_errors_are_shown_next_to_their_fields_and_nothing_is_saved(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     token = open_builder(client)
     response = client.post("/admin/sequences/new", data={**builder_form([
         {"key": "Bad Key!"}, {"day_min": "9", "day_max": "2"}, {"template": "no_such_template"},
@@ -67,9 +63,7 @@ def test_errors_are_shown_next_to_their_fields_and_nothing_is_saved(cast, web):
 
 
 def test_add_move_and_remove_steps_without_saving(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     token = open_builder(client)
     form = builder_form([{"key": "a"}, {"key": "b"}])
     moved = client.post("/admin/sequences/new", data={**form, "action": "up-1", "csrf_token": token}).get_data(as_text=True)
@@ -112,9 +106,7 @@ def test_editing_an_active_sequence_says_what_happens_to_enrolled_leads(leads, w
 
 
 def test_activate_pause_and_archive(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     sequence = cast.scalar(select(Sequence).where(Sequence.key == "systematic-follow-up"))
     url = f"/admin/sequences/{sequence.id}"
     token = csrf_token(client.get(url).get_data(as_text=True))
@@ -127,9 +119,7 @@ def test_activate_pause_and_archive(cast, web):
 
 
 def test_saving_from_the_builder_keeps_anchors_and_templates_by_reason(cast, web):
-    create_cast(cast)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(cast, web, "marketer@example.com")
     with cast.session() as s:
         before = {seq.key: [(st.key, st.anchor, st.anchor_business_days, st.anchor_date, st.template, st.templates_by_reason)
                             for st in s.exec(select(Step).where(Step.sequence_id == seq.id, Step.retired == False)  # noqa: E712

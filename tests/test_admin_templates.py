@@ -6,7 +6,7 @@ import json
 
 from sqlmodel import select
 
-from admin_support import create_cast, csrf_token, login
+from admin_support import csrf_token, logged_in
 from nurture.models import EmailTemplate
 
 
@@ -16,9 +16,7 @@ def template_id(n, name="first_contact", language="en") -> int:
 
 def open_editor(n, web):
     """A marketer's client on the first_contact.en editor: (client, template id, CSRF token, its MJML)."""
-    create_cast(n)
-    client = web()
-    login(client, "marketer@example.com")
+    client = logged_in(n, web, "marketer@example.com")
     tid = template_id(n)
     token = csrf_token(client.get(f"/admin/templates/{tid}").get_data(as_text=True))
     with n.session() as s:
