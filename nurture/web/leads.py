@@ -52,8 +52,7 @@ def enroll_segment():
     session = db_session()
     query, errors = LeadQuery.from_args(request.args)
     back = url_for("leads.index") + (f"?{query.args()}" if query.args() else "")
-    sequence_id = request.form.get("sequence_id", "")
-    sequence = session.get(Sequence, int(sequence_id)) if sequence_id.isdigit() else None
+    sequence = _chosen(Sequence, "sequence_id")
     if errors or sequence is None:
         flash("Not enrolled: " + ("; ".join(f"{k}: {v}" for k, v in errors.items()) or "choose a sequence."), "error")
         return redirect(back)
@@ -90,6 +89,12 @@ def _filter_options() -> dict:
         "sequences": [(str(i), n) for i, n in session.exec(select(Sequence.id, Sequence.name).order_by(Sequence.name))],
         "tags": [(t, t) for t in session.exec(select(LeadTag.tag).distinct().order_by(LeadTag.tag).limit(200))],
     }
+
+
+def _chosen(model, field: str):
+    """The row whose id the form's ``field`` holds, or None."""
+    value = request.form.get(field, "")
+    return db_session().get(model, int(value)) if value.isdigit() else None
 
 
 @blueprint.get("/leads/<int:lead_id>")
@@ -156,8 +161,7 @@ def add_note(lead_id: int):
 def enroll_lead(lead_id: int):
     session = db_session()
     lead = lead_for_user(lead_id)
-    sequence_id = request.form.get("sequence_id", "")
-    sequence = session.get(Sequence, int(sequence_id)) if sequence_id.isdigit() else None
+    sequence = _chosen(Sequence, "sequence_id")
     if sequence is None:
         flash("Not enrolled: choose a sequence.", "error")
         return redirect(url_for("leads.show", lead_id=lead_id))
@@ -179,8 +183,7 @@ def enroll_lead(lead_id: int):
 def unenroll(lead_id: int):
     session = db_session()
     lead = lead_for_user(lead_id)
-    enrollment_id = request.form.get("enrollment_id", "")
-    enrollment = session.get(Enrollment, int(enrollment_id)) if enrollment_id.isdigit() else None
+    enrollment = _chosen(Enrollment, "enrollment_id")
     if enrollment is None or enrollment.lead_id != lead.id:
         abort(404)
     exited = exit_enrollments(session, [enrollment.id], f"unenrolled by {current_user.email}", settings().clock.now())
