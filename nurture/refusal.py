@@ -1,16 +1,18 @@
 """Follow-up after a refusal: a lost deal comes back on a plan, with a reason to return.
 
-- ``on_lost`` (called by ``stages.move_stage`` when a rep or the API moves a lead
-  to a lost stage) stops the lead's other sequences and enrolls it in every
-  active sequence with ``trigger: lost``. The enrollment's ``context`` keeps what
+- ``on_stage_change`` is ``stages.move_stage``'s hook. A move out of a lost stage
+  (a rep reopens the deal) ends the follow-up: its letters would be wrong now.
+- ``on_lost`` (a rep or the API moved a lead to a lost stage) stops the lead's
+  other sequences and enrolls it in every active sequence with ``trigger: lost``.
+  The enrollment's ``context`` keeps what
   the letters need: the lost reason and its labels, the day of the last
   conversation (the lead's last reply or click, a rep's note or our last message,
   else the day it was marked lost), the stage before and when it was lost.
   Imported history (``source="import"``) enrolls nobody: an old refusal is not news.
 - ``on_reply`` (called by ``reactions.on_reply`` before the exit rules stop the
   sequence): a lead that answers during the follow-up, or in the silence after
-  its last letter, goes back to the engaged stage (the exit rule then stops the
-  rest of the letters). Its rep is told on the warm-up notice path, where every
+  its last letter, goes back to the engaged stage and the rest of the letters
+  are cancelled ("replied"). Its rep is told on the warm-up notice path, where every
   reply notifies (``warmup.after_inbound`` -> ``notify_warm_lead(replied=True)``).
 - ``settle_silent``: ``refusal_silence_days`` after the last letter with no answer,
   the lead is archived (``NURTURE_REFUSAL_AFTER=archive``) or handed to the
@@ -38,7 +40,7 @@ from .models import SENDABLE_LEAD_STATUSES, Enrollment, Event, Lead, Message, No
 from .pipeline import PipelineConfig, stored_pipeline
 from .scheduling import first_step, lead_zone, live_steps, schedule_step
 from .stages import move_stage, return_date
-from .suppression import stop_lead
+from .suppression import exit_enrollments, stop_lead
 
 TRIGGER = "lost"
 SETTLED_PREFIX = "after refusal: "
@@ -62,6 +64,18 @@ def last_conversation_at(session: Session, lead_id: int, before: datetime) -> da
     ]
     found = [moment for query in candidates if (moment := session.exec(query).one()) is not None]
     return max(found) if found else None
+
+
+def on_stage_change(session: Session, lead: Lead, change: StageChange, config: PipelineConfig,
+                    now: datetime) -> list[str]:
+    """After every stage move: into a lost stage, plan the return; out of one, end the follow-up."""
+    if config.stage(change.to_stage).lost:
+        return on_lost(session, lead, change, now)
+    if change.from_stage in config.keys and config.stage(change.from_stage).lost:
+        running = [e.id for e in _open_followups(session, lead.id) if e.status in ("active", "paused")]
+        if exit_enrollments(session, running, f"moved to {change.to_stage}", now):
+            return [f"follow-up after refusal stopped: moved to {change.to_stage}"]
+    return []
 
 
 def on_lost(session: Session, lead: Lead, change: StageChange, now: datetime) -> list[str]:
@@ -116,6 +130,7 @@ def on_reply(session: Session, lead: Lead, now: datetime) -> list[str]:
     followups = _open_followups(session, lead.id)
     if not followups:
         return []
+    exit_enrollments(session, [e.id for e in followups if e.status in ("active", "paused")], "replied", now)
     for enrollment in followups:
         if enrollment.status == "completed":
             enrollment.exit_reason = SETTLED_PREFIX + "replied"

@@ -79,10 +79,9 @@ def move_stage(session: Session, lead: Lead, to_stage: str, *, source: str, now:
     lead.updated_at = now
     session.add(lead)
     session.flush()
-    if target.lost:
-        from .refusal import on_lost  # refusal builds on this module: imported here, not at the top
+    from .refusal import on_stage_change  # refusal builds on this module: imported here, not at the top
 
-        on_lost(session, lead, change, now)
+    on_stage_change(session, lead, change, config, now)
     return change
 
 

@@ -84,6 +84,18 @@ def test_marking_lost_stops_other_sequences_and_enrolls_with_the_reason_and_last
     assert date(2026, 3, 16) <= local.date() <= date(2026, 3, 18) and inside(WEEKDAYS, MOSCOW, enrollment.next_run_at)
 
 
+def test_a_rep_reopening_the_deal_ends_the_follow_up(leads):
+    n = leads
+    lose(n, "olga@example.com", "timing")
+    n.advance(days=3)
+    proc = n.cli("leads", "stage", "olga@example.com", "proposal", check=True)
+    assert "olga@example.com: lost -> proposal" in proc.stdout
+    enrollment = refusal_enrollment(n, "olga@example.com")
+    assert (enrollment.status, enrollment.exit_reason) == ("exited", "moved to proposal")
+    drive(n, until=START + timedelta(days=120))
+    assert letters(n, "olga@example.com") == []
+
+
 def test_a_lost_reason_is_required_and_must_be_known(leads):
     with leads.session() as s:
         lead = s.exec(select(Lead).where(Lead.email == "john@example.net")).one()
