@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from .models import Event, Lead, Message, StageChange
+from .models import STAGE_CHANGE_SOURCES, Event, Lead, Message, StageChange
 from .pipeline import PipelineConfig, RuleSettings, stored_pipeline
 from .send_window import seed_fraction
 
@@ -56,6 +56,8 @@ def move_stage(session: Session, lead: Lead, to_stage: str, *, source: str, now:
     Raises ``ValueError`` for an unknown stage (naming the valid ones), a missing or
     unknown lost reason on a lost stage, or a lost reason on any other stage.
     """
+    if source not in STAGE_CHANGE_SOURCES:
+        raise ValueError(f"unknown source {source!r}; use one of {', '.join(STAGE_CHANGE_SOURCES)}")
     config = config or stored_pipeline(session)
     target = config.stage(to_stage)
     if target.lost:

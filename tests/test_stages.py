@@ -220,3 +220,10 @@ def test_a_cold_lead_that_unsubscribes_is_archived_and_one_that_is_mailed_stays_
     assert web().post(path).status_code == 200
     assert n.lead(JOHN).stage == "archived"
     assert changes(n, JOHN)[-1] == ("cold", "archived", "rule")
+
+
+def test_move_stage_names_the_allowed_sources(sent):
+    n, _ = sent
+    with pytest.raises(ValueError, match=r"unknown source 'crm'; use one of rule, manual, import, api"):
+        set_stage(n, OLGA, "qualified", source="crm")
+    assert n.lead(OLGA).stage == "contacted"
