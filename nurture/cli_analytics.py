@@ -109,13 +109,13 @@ def _charts(session, chain: Chain, result, chart_path, trend_path, by, now: date
     from .analytics.funnel import funnel
 
     if chart_path:
-        overall = result if (not result.by and not result.group_by) else funnel(session, chain)
+        overall = result if (not result.by and not result.group_by) else funnel(session, chain, stage_times=False)
         if not overall.rows:
             raise AnalyticsError("no leads yet: nothing to chart")
         save(funnel_chart(overall.rows[0], chain.names), Path(chart_path))
         click.echo(f"wrote the funnel chart to {chart_path}", err=True)
     if trend_path:
-        trend = result if (result.by and not result.group_by) else funnel(session, chain, by or "week")
+        trend = result if (result.by and not result.group_by) else funnel(session, chain, by or "week", stage_times=False)
         found, plan = _bottleneck(session, chain, now)
         reference = {c["stage"]: c["rate"] for c in plan.result.get("conversions", [])} if plan else None
         flagged = found.worst.stage if found.worst else None

@@ -48,6 +48,7 @@ def test_hand_computed_conversion_drop_off_and_stalls(session):
                    "won": (1, None, 0, 0)}
     assert row.figures("contacted").conversion == 0.5
     assert row.figures("won").conversion is None
+    assert result.time_in_stage and funnel(session, load_chain(session), stage_times=False).time_in_stage == []
 
 
 def test_cohorts_by_week_and_month_start_on_monday_and_the_first(session):

@@ -142,8 +142,13 @@ def _dimension_columns(group_by: tuple[str, ...]):
     return columns, joins
 
 
-def funnel(session: Session, chain: Chain, by: str | None = None, group_by: tuple[str, ...] = ()) -> Funnel:
-    """Conversion, drop-off and time in stage, per entry cohort (``by``) and per ``group_by`` dimension."""
+def funnel(session: Session, chain: Chain, by: str | None = None, group_by: tuple[str, ...] = (),
+           stage_times: bool = True) -> Funnel:
+    """Conversion, drop-off and time in stage, per entry cohort (``by``) and per ``group_by`` dimension.
+
+    ``stage_times=False`` skips the time in stage (a second pass over the changes) when only
+    the conversions are wanted, as for a chart.
+    """
     check_options(by, group_by)
     tune_for_reports(session)
     position = chain.position(StageChange.to_stage)
@@ -171,7 +176,7 @@ def funnel(session: Session, chain: Chain, by: str | None = None, group_by: tupl
         counts[key][(row["reached"], row["state"])] = row["leads"]
     rows = [_row(chain, key, group_by, cells) for key, cells in sorted(counts.items(), key=lambda kv: kv[0])]
     return Funnel(stages=list(chain.keys), by=by, group_by=group_by, rows=rows,
-                  time_in_stage=time_in_stage(session, chain, group_by))
+                  time_in_stage=time_in_stage(session, chain, group_by) if stage_times else [])
 
 
 def _row(chain: Chain, key: tuple, group_by: tuple[str, ...], cells: dict[tuple[int, str], int]) -> FunnelRow:
