@@ -36,16 +36,17 @@ def test_queue_health_counts_waiting_and_failed_jobs(nurture, web):
     create_cast(nurture)
     from rq import SimpleWorker
 
-    nurture.queue.enqueue("nurture.no_such_module.job", job_id="broken-job")
+    broken = f"broken-{nurture.settings.queue_name}"  # job ids are global in Redis: unique per test run
+    nurture.queue.enqueue("nurture.no_such_module.job", job_id=broken)
     SimpleWorker([nurture.queue], connection=nurture.redis).work(burst=True, logging_level="ERROR")
-    nurture.queue.enqueue("nurture.no_such_module.job", job_id="waiting-job")
+    nurture.queue.enqueue("nurture.no_such_module.job", job_id=f"waiting-{nurture.settings.queue_name}")
     client = web()
     login(client, "admin@example.com")
     page = client.get("/admin/queue").get_data(as_text=True)
     figures = page[page.index('id="queue-figures"'):page.index("</section>", page.index('id="queue-figures"'))]
     assert '<div class="figure">1</div><div class="muted">queued</div>' in figures.replace("\n", "")
     assert '<div class="figure">1</div><div class="muted">failed</div>' in figures.replace("\n", "")
-    assert "broken-job" in page and "No worker serves this queue" in page
+    assert broken in page and "No worker serves this queue" in page
 
 
 def test_warm_leads_are_sorted_by_probability_with_the_reason(leads, web):
