@@ -29,6 +29,8 @@ def test_dashboard_shows_funnel_bottleneck_forecast_and_charts(nurture, web):
     assert 'id="funnel"' in page and "120 leads" in page
     assert "Bottleneck" in page and ("No bottleneck" in page or "Bottleneck: " in page)
     assert 'id="forecast"' in page and ">total<" in page
+    table = page[page.index('id="stage-probabilities"'):page.index("</table>", page.index('id="stage-probabilities"'))]
+    assert table.count("<tr>") == 1 + 10  # the header and the shipped pipeline's ten stages
     for chart in ("/admin/dashboard/funnel.svg", "/admin/dashboard/conversion.svg"):
         response = client.get(chart)
         assert response.status_code == 200 and response.mimetype == "image/svg+xml"

@@ -47,8 +47,10 @@ def _page(errors: dict[str, str], form) -> str:
     now = settings().clock.now()
     stored = latest_plan(session, now)
     result = funnel(session, chain)
+    probabilities = stage_probabilities(session, config)
     return render_template(
         "admin/dashboard.html", names=names, funnel=result.rows[0] if result.rows else None,
+        probabilities=[probabilities[s.key] for s in config.ordered if s.key in probabilities],
         bottleneck=_bottleneck(session, config, chain, now, stored),
         forecast=forecast(session, chain, now, average_deal_value(session, chain)),
         plan=stored, progress=progress(session, chain, stored, now) if stored else None,
