@@ -112,7 +112,7 @@ class Lead(SQLModel, table=True):
     returns_at: datetime | None = utc_column(index=True)  # a cold or lost lead comes back then
     deal_value: float | None = None
     score: float = 0.0  # engagement score, decayed to ``probability_at``
-    probability: float = 0.0  # close probability, 0..1
+    probability: float = Field(default=0.0, index=True)  # close probability, 0..1: warm lists sort by it
     probability_at: datetime | None = utc_column()
     probability_why: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # contributions
     status: str = Field(default="active", max_length=20, index=True)
@@ -284,7 +284,10 @@ class StageChange(SQLModel, table=True):
     """One move of a lead between stages: recorded by rules, by hand, or imported from a CRM."""
 
     __tablename__ = "stage_change"
-    __table_args__ = (one_of("reason", STAGE_CHANGE_SOURCES),)
+    __table_args__ = (
+        one_of("reason", STAGE_CHANGE_SOURCES),
+        sa.Index("ix_stage_change_lead_changed_at", "lead_id", "changed_at", "id"),  # each lead's history in order
+    )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     from_stage: str | None = Field(default=None, max_length=50)
