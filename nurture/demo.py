@@ -2,9 +2,10 @@
 
 Starts (or reuses) Redis, an SMTP catcher, the web app, a worker and the
 scheduler; loads the default sequence, imports the shipped sample leads (with
-its deliberately bad rows), enrolls everyone, and runs the calendar at
-``speed`` simulated seconds per real second while a live table shows what was
-sent and when. Every process it starts shares the same simulated clock through
+its deliberately bad rows), enrolls everyone, creates an admin login, and runs
+the calendar at ``speed`` simulated seconds per real second while simulated
+people (``demo_people``) answer the mail and a live table shows what was sent,
+how leads move through the stages and what the reps were told. Every process it starts shares the same simulated clock through
 ``NURTURE_CLOCK_*``. Ctrl-C (or the end of ``days``) stops everything it started.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -33,6 +35,7 @@ from werkzeug.serving import make_server
 
 from . import db
 from .config import PROJECT_ROOT, Settings
+from .demo_people import DemoPeople
 from .errors import NurtureError
 
 console = Console()
@@ -77,11 +80,15 @@ def _start_of_demo() -> datetime:
     return today + timedelta(days=(7 - today.weekday()) % 7 or 7)
 
 
-def _prepare(settings: Settings) -> None:
+DEMO_ADMIN = "admin@example.com"
+
+
+def _prepare(settings: Settings, admin_password: str) -> None:
     from .enrollment import LeadFilter, enroll
     from .lead_import import import_leads
     from .loading import load_campaigns
     from .models import User
+    from .web.passwords import hash_password
 
     db.upgrade(settings.database_url)
     now = settings.clock.now()
@@ -92,6 +99,8 @@ def _prepare(settings: Settings) -> None:
         session.add(User(email="anna.sales@example.com", name="Анна Смирнова", title="Менеджер по работе с клиентами",
                          phone="+7 495 000-00-00", role="rep", created_at=now))
         session.add(User(email="ivan.sales@example.com", name="Ivan Petrov", title="Account executive", role="rep", created_at=now))
+        session.add(User(email=DEMO_ADMIN, name="Demo admin", role="admin", password_hash=hash_password(admin_password),
+                         receives_leads=False, created_at=now))
         session.commit()
         sample = PROJECT_ROOT / "campaigns" / "sample-leads.csv"
         imported = import_leads(session, sample.read_bytes(), now, settings.default_language)
@@ -103,8 +112,8 @@ def _prepare(settings: Settings) -> None:
         console.print(f"enrolled {enrolled.enrolled} leads in systematic-follow-up")
 
 
-def _snapshot(settings: Settings, catcher_dir: Path) -> Group:
-    from .models import Lead, Message, Step
+def _snapshot(settings: Settings, catcher_dir: Path, people: DemoPeople) -> Group:
+    from .models import Lead, Message, Notification, Step
     from .pipeline import stored_pipeline
 
     with Session(db.engine_for(settings.database_url)) as session:
@@ -115,6 +124,8 @@ def _snapshot(settings: Settings, catcher_dir: Path) -> Group:
                               .where(Message.status == "sent").order_by(Message.sent_at.desc()).limit(12)).all()
         stages = dict(session.exec(select(Lead.stage, func.count()).group_by(Lead.stage)).all())
         order = stored_pipeline(session).keys
+        notices = dict(session.exec(select(Notification.kind, func.count()).where(Notification.channel != "task")
+                                    .group_by(Notification.kind)).all())
     now = settings.clock.now()
     per_step: dict[str, dict[str, int]] = {}
     for key, status, count in counts:
@@ -136,8 +147,12 @@ def _snapshot(settings: Settings, catcher_dir: Path) -> Group:
         latest.add_row(f"{local:%a %d %b %H:%M} {tz or ''}", email, key, subject)
     caught = len(list(catcher_dir.glob("*.eml")))
     by_stage = "  ".join(f"{key} {stages[key]}" for key in order if stages.get(key))
+    told = "  ".join(f"{kind} {count}" for kind, count in sorted(notices.items())) or "nothing yet"
     return Group(summary, latest, Panel(f"leads by stage: {by_stage}\n"
-                                        f"caught mail: {caught}  ·  read it at {settings.base_url}/caught  ·  Ctrl-C stops"))
+                                        f"leads did: {people.summary()}\n"
+                                        f"reps were told (email and webhooks): {told}\n"
+                                        f"caught mail: {caught}  ·  read it at {settings.base_url}/caught  ·  "
+                                        f"admin at {settings.base_url}/admin  ·  Ctrl-C stops"))
 
 
 def run_demo(speed: float, days: int, workdir: Path, port: int, headless: bool) -> None:
@@ -157,14 +172,16 @@ def run_demo(speed: float, days: int, workdir: Path, port: int, headless: bool) 
         "NURTURE_QUEUE": f"nurture-demo-{os.getpid()}",
         "NURTURE_CLOCK_START": start.isoformat(),
         "NURTURE_CLOCK_SPEED": "0",
+        "NURTURE_INBOUND_SECRET": secrets.token_urlsafe(24),  # the simulated people post replies and bounces
     }
+    admin_password = secrets.token_urlsafe(9)
     os.environ.update(env)
     os.environ.pop("NURTURE_NOW", None)
     catcher = web = None
     try:
         os.environ["NURTURE_REDIS_URL"] = _redis_url(processes, workdir)
         catcher = __import__("nurture.mail_catcher", fromlist=["start_catcher"]).start_catcher(catcher_dir, smtp_port)
-        _prepare(Settings.from_env())
+        _prepare(Settings.from_env(), admin_password)
         # Leases are in simulated time: keep them two real minutes long, or every
         # tick would find them expired and enqueue the same messages again.
         os.environ.update(NURTURE_CLOCK_SPEED=str(speed), NURTURE_CLOCK_ANCHOR=repr(time.time()),
@@ -176,21 +193,26 @@ def run_demo(speed: float, days: int, workdir: Path, port: int, headless: bool) 
         web = make_server("127.0.0.1", port, create_app(settings), threaded=True)
         threading.Thread(target=web.serve_forever, daemon=True).start()
         interval = max(0.01, min(5.0, 1800 / speed))  # a tick every simulated half hour
-        nurture = [sys.executable, "-m", "nurture.cli"]
+        nurture = [sys.executable, "-m", "nurture"]
         processes.append(subprocess.Popen([*nurture, "worker", "--simple"], env=os.environ.copy()))
         processes.append(subprocess.Popen([*nurture, "scheduler", "--interval", str(interval)], env=os.environ.copy(),
                                           stdout=subprocess.DEVNULL))
         end = start + timedelta(days=days)
         console.print(f"web: {settings.base_url}/caught   clock: {speed:g}x from {start:%Y-%m-%d %H:%M} UTC for {days} days")
+        console.print(f"admin: {settings.base_url}/admin   login [bold]{DEMO_ADMIN}[/] password [bold]{admin_password}[/]")
+        people = DemoPeople(settings, catcher_dir)
         if headless:
             while settings.clock.now() < end:
+                people.step()
                 time.sleep(0.5)
-            console.print(_snapshot(settings, catcher_dir))
+            console.print(_snapshot(settings, catcher_dir, people))
             return
-        with Live(_snapshot(settings, catcher_dir), console=console, refresh_per_second=2) as live:
+        with Live(_snapshot(settings, catcher_dir, people), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(0.5)
-                live.update(_snapshot(settings, catcher_dir))
+                if processes:  # people act while the clock runs
+                    people.step()
+                live.update(_snapshot(settings, catcher_dir, people))
                 if settings.clock.now() >= end and processes:
                     _stop(processes)
                     console.print(f"[green]{days} simulated days done[/]; the pages stay up until Ctrl-C")
