@@ -5,9 +5,6 @@ Revises: 0002
 Create Date: 2026-11-28
 """
 from alembic import op
-import sqlalchemy as sa
-import sqlmodel
-import nurture.models
 
 
 revision = '0003'
