@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from .config import PROJECT_ROOT
 from .errors import SequenceFileError
 from .models import Lead, ModelFit, Stage
-from .sequences import PIPELINE_FILE, read_yaml, suggest
+from .sequences import PIPELINE_FILE, describe_error, read_yaml, suggest
 
 DEFAULT_PIPELINE_PATH = PROJECT_ROOT / "campaigns" / PIPELINE_FILE
 STORED_KIND = "pipeline"  # ModelFit.kind of the stored pipeline document
@@ -245,23 +245,15 @@ def default_pipeline() -> PipelineConfig:
 
 
 def _describe(error: dict, data: dict, source: str) -> str:
-    loc = list(error["loc"])
-    where = [source]
-    if len(loc) >= 2 and loc[0] in ("stages", "lost_reasons") and isinstance(loc[1], int):
-        items = data.get(loc[0])
-        item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
-        key = item.get("key") if isinstance(item, dict) else None
-        where.append(f"{loc[0]}[{loc[1] + 1}]" + (f" ({key})" if key else ""))
-        loc = loc[2:]
-    field_name = ".".join(str(part) for part in loc if not str(part).startswith("function-after"))
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        known = {"rules": RuleSettings, "label": LostReasonLabel}.get(str(loc[-2]) if len(loc) >= 2 else "")
-        if known is None:
-            known = StageSpec if where[1:] and where[1].startswith("stages") else (
-                LostReason if where[1:] else PipelineConfig)
-        message = "unknown field" + suggest(str(loc[-1]), [f for f in known.model_fields if f != "order"])
-    return ": ".join(where + ([f"field {field_name!r}"] if field_name else []) + [message])
+    return describe_error(error, data, source, {"stages": "stages[{n}]", "lost_reasons": "lost_reasons[{n}]"},
+                          _known_fields)
+
+
+def _known_fields(error: dict, loc: list, where: list[str]) -> list[str]:
+    known = {"rules": RuleSettings, "label": LostReasonLabel}.get(str(loc[-2]) if len(loc) >= 2 else "")
+    if known is None:
+        known = StageSpec if where[1:] and where[1].startswith("stages") else (LostReason if where[1:] else PipelineConfig)
+    return [f for f in known.model_fields if f != "order"]
 
 
 # --- the database side ------------------------------------------------------------------------

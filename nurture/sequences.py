@@ -16,7 +16,7 @@ import datetime as dt
 import difflib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -211,27 +211,38 @@ def sequence_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml") and p.name != PIPELINE_FILE)
 
 
-def _describe(error: dict, data: object, source: str) -> str:
+def describe_error(error: dict, data: object, source: str, items: dict[str, str],
+                   known_fields: Callable[[dict, list, list[str]], list[str]]) -> str:
+    """One pydantic error as "file: step 2 (key): field 'x': message", with "did you mean" hints.
+
+    ``items`` names an entry of each list field (``{"steps": "step {n}"}``, 1-based);
+    ``known_fields(error, loc, where)`` lists the fields allowed where an unknown one was found.
+    Shared by the sequence files and the pipeline file.
+    """
     loc = list(error["loc"])
     where = [source]
-    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+    if len(loc) >= 2 and loc[0] in items and isinstance(loc[1], int):
         index = loc[1]
-        steps = data.get("steps") if isinstance(data, dict) else None
-        step = steps[index] if isinstance(steps, list) and index < len(steps) else None
-        key = step.get("key") if isinstance(step, dict) else None
-        where.append(f"step {index + 1}" + (f" ({key})" if key else ""))
+        entries = data.get(loc[0]) if isinstance(data, dict) else None
+        entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+        key = entry.get("key") if isinstance(entry, dict) else None
+        where.append(items[loc[0]].format(n=index + 1) + (f" ({key})" if key else ""))
         loc = loc[2:]
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-after"))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown field" + suggest(str(loc[-1]), _known_fields(error, loc))
+        message = "unknown field" + suggest(str(loc[-1]), known_fields(error, loc, where))
     elif error["type"] == "literal_error" and isinstance(error.get("input"), str):
         expected = re.findall(r"'([^']+)'", error["msg"])
         message = f"{error['input']!r} is not one of {', '.join(expected)}" + suggest(error["input"], expected)
     return ": ".join(where + ([f"field {field!r}"] if field else []) + [message])
 
 
-def _known_fields(error: dict, loc: list) -> list[str]:
+def _describe(error: dict, data: object, source: str) -> str:
+    return describe_error(error, data, source, {"steps": "step {n}"}, _known_fields)
+
+
+def _known_fields(error: dict, loc: list, where: list[str]) -> list[str]:
     models = {"send_window": SendWindowSpec, "exit_on": ExitSpec, "anchor": AnchorSpec}
     parent = loc[-2] if len(loc) >= 2 else None
     if parent in models:
