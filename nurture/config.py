@@ -114,6 +114,7 @@ class Settings:
     review_at: tuple[int, int, int] = (4, 16, 0)  # NURTURE_REVIEW_AT: "fri 16:00" (default zone): the weekly review's moment
     refusal_after: str = "re_offer"  # NURTURE_REFUSAL_AFTER: archive | re_offer, for a lead silent after the follow-up after refusal
     refusal_silence_days: int = 14  # NURTURE_REFUSAL_SILENCE_DAYS: days without an answer after its last letter
+    reps_see_all_leads: bool = False  # NURTURE_REPS_SEE_ALL_LEADS: reps see every lead in the admin, not only their own
     ab_auto_promote: bool = False  # NURTURE_AB_AUTO_PROMOTE: new sends of a step use its declared A/B winner (nurture steps --promote)
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
@@ -191,6 +192,8 @@ class Settings:
             kwargs["smtp"] = SmtpSettings.from_url(get("NURTURE_SMTP_URL"))
         if get("NURTURE_FROM"):
             kwargs["from_name"], kwargs["from_address"] = _parse_from(get("NURTURE_FROM"))
+        if get("NURTURE_REPS_SEE_ALL_LEADS"):
+            kwargs["reps_see_all_leads"] = _parse_switch("NURTURE_REPS_SEE_ALL_LEADS", get("NURTURE_REPS_SEE_ALL_LEADS"))
         if get("NURTURE_AB_AUTO_PROMOTE"):
             kwargs["ab_auto_promote"] = _parse_switch("NURTURE_AB_AUTO_PROMOTE", get("NURTURE_AB_AUTO_PROMOTE"))
         for var, name in (("NURTURE_SCORE_HALF_LIFE_DAYS", "score_half_life_days"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from sqlmodel import select
 
@@ -50,6 +51,14 @@ def test_a_rep_sees_only_their_own_leads(leads, web):
     assert client.post(f"/admin/leads/{john.id}/notes", data={"body": "x", "csrf_token": token}).status_code == 404
     olga = leads.lead("olga@example.com")
     assert client.post(f"/admin/leads/{olga.id}/enroll", data={"sequence_id": "1", "csrf_token": token}).status_code == 403
+
+
+def test_reps_see_every_lead_when_the_setting_allows_it(leads, web):
+    leads.settings = replace(leads.settings, reps_see_all_leads=True)
+    client = logged_in(leads, web, "anna.sales@example.com")
+    assert len(lead_rows(client.get("/admin/leads").get_data(as_text=True))) == 4
+    john = leads.lead("john@example.net")
+    assert client.get(f"/admin/leads/{john.id}").status_code == 200
 
 
 def test_lead_data_is_escaped_everywhere(cast, web):

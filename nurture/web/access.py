@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import abort, g, request, url_for
+from flask import abort, current_app, g, request, url_for
 from flask_login import LoginManager, UserMixin, current_user
 from sqlmodel import Session
 
@@ -72,15 +72,11 @@ def load_user(value: str) -> AdminUser | None:
 def db_session() -> Session:
     """The request's database session (closed when the request ends)."""
     if "db_session" not in g:
-        from flask import current_app
-
         g.db_session = Session(db.engine_for(current_app.config["NURTURE"].database_url), expire_on_commit=False)
     return g.db_session
 
 
 def settings():
-    from flask import current_app
-
     return current_app.config["NURTURE"]
 
 
@@ -101,9 +97,14 @@ def roles_required(*roles: str):
     return decorate
 
 
+def _own_leads_only() -> bool:
+    """Reps see only their own leads, unless ``NURTURE_REPS_SEE_ALL_LEADS`` allows them all."""
+    return current_user.role == "rep" and not current_app.config["NURTURE"].reps_see_all_leads
+
+
 def lead_scope(query):
     """Narrow a ``select`` over ``Lead`` to the leads the current user may see."""
-    if current_user.role == "rep":
+    if _own_leads_only():
         return query.where(Lead.owner_id == current_user.id)
     return query
 
@@ -111,7 +112,7 @@ def lead_scope(query):
 def lead_for_user(lead_id: int) -> Lead:
     """The lead, or 404 when it does not exist or belongs to another rep."""
     lead = db_session().get(Lead, lead_id)
-    if lead is None or (current_user.role == "rep" and lead.owner_id != current_user.id):
+    if lead is None or (_own_leads_only() and lead.owner_id != current_user.id):
         abort(404)
     return lead
 
