@@ -210,7 +210,7 @@ def build_messages(settings, count: int) -> list[tuple[str, str, bytes]]:
 
     from nurture import db
     from nurture.mime import ascii_address
-    from nurture.models import EmailTemplate, Lead, Step, User
+    from nurture.models import EmailTemplate, Lead, Sequence, Step, User
     from nurture.rendering import Renderer
     from nurture.sending import _compose
 
@@ -219,11 +219,13 @@ def build_messages(settings, count: int) -> list[tuple[str, str, bytes]]:
         leads = session.exec(select(Lead).order_by(Lead.id).limit(count)).all()
         batch = SimpleNamespace(
             templates={(t.name, t.language): t for t in session.exec(select(EmailTemplate))},
-            owners={u.id: u for u in session.exec(select(User))})
+            owners={u.id: u for u in session.exec(select(User))},
+            sequences={q.id: q for q in session.exec(select(Sequence))}, contexts={}, promoted={})
     renderer = Renderer()
     built = []
     for k, lead in enumerate(leads):
-        message = SimpleNamespace(id=10**6 + k, message_id=f"<baseline-{k}@{settings.mail_domain}>")
+        message = SimpleNamespace(id=10**6 + k, message_id=f"<baseline-{k}@{settings.mail_domain}>",
+                                  enrollment_id=None, sequence_id=step.sequence_id)
         _, _, data = _compose(settings, batch, renderer, message, lead, step, TICK_AT)
         built.append((settings.from_address, ascii_address(lead.email), data))
     return built
