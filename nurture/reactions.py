@@ -19,6 +19,7 @@ from .refusal import on_reply as refusal_on_reply
 from .send_window import zone
 from .stages import on_engagement
 from .suppression import exit_enrollments
+from .warmup import on_activity
 
 FREE_MAIL_DOMAINS = frozenset({
     "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com", "icloud.com", "me.com",
@@ -70,7 +71,7 @@ def on_auto_reply(session: Session, settings: Settings, lead: Lead, return_date:
     return [f"lead {lead.email} paused until {until.isoformat()}"]
 
 
-def on_tracking_events(session: Session, events: list[Event], now: datetime, settings: Settings | None = None) -> None:
+def on_tracking_events(session: Session, events: list[Event], now: datetime, settings: Settings) -> None:
     """Exit on click: a human click exits that message's sequence when it asks for it (and engages the lead)."""
     clicked_at: dict[int, datetime] = {}
     for event in events:
@@ -79,9 +80,7 @@ def on_tracking_events(session: Session, events: list[Event], now: datetime, set
     if clicked_at:
         for lead in session.exec(select(Lead).where(Lead.id.in_(clicked_at))).all():
             on_engagement(session, lead, clicked_at[lead.id], "clicked a link")
-    if settings is not None and events:  # the batch's leads: new probabilities, warm-up notices
-        from .warmup import on_activity
-
+    if events:  # the batch's leads: new probabilities, warm-up notices
         on_activity(session, settings, [e.lead_id for e in events], now)
     message_ids = {e.message_id for e in events if e.kind == "click" and not e.is_machine and e.message_id}
     if not message_ids:

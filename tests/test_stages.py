@@ -53,7 +53,7 @@ def click_first_link(n, email: str, web) -> None:
     assert web().get(f"{parts.path}?{parts.query}", headers={"User-Agent": BROWSER}).status_code == 302
     with n.session() as s:  # what the scheduler's drainer does every tick
         while drain(s, n.redis, stream_key(n.settings.queue_name), "test",
-                    on_events=lambda session, events: on_tracking_events(session, events, n.now)):
+                    on_events=lambda session, events: on_tracking_events(session, events, n.now, n.settings)):
             pass
 
 
@@ -199,7 +199,7 @@ def test_machine_clicks_and_opens_move_nothing(sent):
     with n.session() as s:
         s.add_all(events)
         s.flush()
-        on_tracking_events(s, events, n.now)
+        on_tracking_events(s, events, n.now, n.settings)
         s.commit()
     assert n.lead(JOHN).stage == "contacted" and len(changes(n, JOHN)) == 1
 
