@@ -54,6 +54,15 @@ from nurture.tasks import attempt_journal
 
 REPO = PROJECT_ROOT
 CAMPAIGNS_DIR = REPO / "campaigns"
+CORPUS = Path(os.environ.get("NURTURE_CORPUS_DIR") or REPO.parent / "shared" / "corpus")  # see shared/corpus/README.md
+
+
+def corpus_file(*parts: str) -> Path:
+    """A file or folder of the public corpus; missing is a failure, not a skip (CI lays shared/ beside the clone)."""
+    path = CORPUS.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"public corpus not found at {path}: put shared/ beside the repository or set NURTURE_CORPUS_DIR")
+    return path
 TEMPLATES_DIR = REPO / "templates" / "email"
 NURTURE_BIN = REPO / ".venv" / "bin" / "nurture"
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -24,7 +24,6 @@ The corpus folder is ``../shared/corpus`` next to the repository, or ``$NURTURE_
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,15 +35,14 @@ import pytest
 
 from nurture.classification import Verdict, classify
 
-CORPUS = Path(os.environ.get("NURTURE_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
+from conftest import CORPUS, corpus_file
 
 
 
 @pytest.fixture(autouse=True)
 def corpus_present():
     """A missing corpus is a failure, not a skip: CI lays shared/ beside the clone."""
-    if not CORPUS.is_dir():
-        pytest.fail(f"public corpus not found at {CORPUS}: put shared/ beside the repository or set NURTURE_CORPUS_DIR")
+    corpus_file()
 
 # sisimai invents 5.0.9xx / 4.0.9xx codes for its own reasons when a bounce carries no
 # status; they are not DSN statuses, so they are not compared.

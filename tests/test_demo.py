@@ -10,7 +10,6 @@ and closed deals.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 import sqlalchemy as sa
@@ -19,13 +18,7 @@ from sqlmodel import Session, select
 from nurture import db
 from nurture.models import Event, Lead, Notification, StageChange, Suppression
 
-from conftest import NURTURE_BIN, REDIS_URL
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import NURTURE_BIN, REDIS_URL, free_port
 
 
 def test_the_demo_comes_alive(tmp_path):
@@ -33,7 +26,7 @@ def test_the_demo_comes_alive(tmp_path):
     env["NURTURE_REDIS_URL"] = REDIS_URL
     workdir = tmp_path / "demo"
     proc = subprocess.run([str(NURTURE_BIN), "demo", "--headless", "--days", "70", "--speed", "345600",
-                           "--dir", str(workdir), "--port", str(_free_port())],
+                           "--dir", str(workdir), "--port", str(free_port())],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "admin@example.com" in proc.stdout and "leads by stage" in proc.stdout

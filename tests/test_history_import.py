@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,9 +13,8 @@ from sqlmodel import select
 from nurture.errors import ImportFileError
 from nurture.history_import import import_history
 from nurture.models import Lead, StageChange
+from conftest import corpus_file
 
-CORPUS = Path(os.environ.get("NURTURE_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
-MAVEN = CORPUS / "crm" / "maven-crm-sales-opportunities" / "sales_pipeline.csv"
 
 CHANGES_CSV = """\
 Почта;Этап;Дата;Сумма;Причина отказа;Комментарий
@@ -41,9 +38,7 @@ def counts(n) -> tuple[int, int]:
 
 @pytest.fixture
 def maven_csv():
-    if not MAVEN.exists():
-        pytest.fail(f"public corpus not found at {MAVEN}: put shared/ beside the repository or set NURTURE_CORPUS_DIR")
-    return MAVEN
+    return corpus_file("crm", "maven-crm-sales-opportunities", "sales_pipeline.csv")
 
 
 def test_the_maven_export_is_imported_and_stats_learn_its_win_rate(nurture, maven_csv):
