@@ -1,9 +1,10 @@
 """Stage probabilities learned from the stage history, blended with the manager's.
 
-``stage_probabilities(session)`` reads every ``StageChange`` (recorded and
-imported) in one SQL query: a window function (``LAG``) pairs each change with
-the lead's previous stage, and ``GROUP BY`` counts transitions, so the database
-returns a few hundred rows whatever the history's size.
+``stage_probabilities(session)`` counts transitions over every ``StageChange``
+(recorded and imported): each change paired with the lead's previous stage by
+time. The counts are kept by ``analytics.journeys`` (its transition tally,
+brought up to date first), so this reads a few hundred rows whatever the
+history's size.
 
 From the transition counts n(i -> j) the chain is an absorbing Markov chain:
 terminal stages (won, lost, archived) absorb, and a stage no lead has left yet
@@ -24,10 +25,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import sqlalchemy as sa
 from sqlmodel import Session
 
-from .models import StageChange
+from .analytics.journeys import transition_counts
 from .pipeline import PipelineConfig, stored_pipeline
 
 
@@ -45,23 +45,6 @@ class StageProbability:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def transition_counts(session: Session, won_stages: list[str]) -> list[tuple[str | None, str | None, str, bool, int]]:
-    """(previous stage by time, recorded from_stage, to_stage, lead won in the end, count) groups."""
-    change = StageChange.__table__.c
-    # One window for both: PostgreSQL then evaluates them in a single pass over the sorted
-    # rows (two window definitions cost two passes: twice the time at 5M changes).
-    lead_by_time = {"partition_by": change.lead_id, "order_by": (change.changed_at, change.id), "rows": (None, None)}
-    ordered = sa.select(
-        sa.func.lag(change.to_stage).over(**lead_by_time).label("previous"),
-        change.from_stage, change.to_stage,
-        sa.func.max(sa.case((change.to_stage.in_(won_stages), 1), else_=0)).over(**lead_by_time).label("won"),
-    ).subquery()
-    rows = session.execute(
-        sa.select(ordered.c.previous, ordered.c.from_stage, ordered.c.to_stage, ordered.c.won, sa.func.count())
-        .group_by(ordered.c.previous, ordered.c.from_stage, ordered.c.to_stage, ordered.c.won)).all()
-    return [(previous, origin, to, bool(won), count) for previous, origin, to, won, count in rows]
 
 
 def absorbing_won_probability(config: PipelineConfig, counts: np.ndarray, manual: np.ndarray) -> np.ndarray:
@@ -98,11 +81,10 @@ def stage_probabilities(session: Session, config: PipelineConfig | None = None) 
     config = config or stored_pipeline(session)
     keys = config.keys
     index = {key: i for i, key in enumerate(keys)}
-    won_stages = [s.key for s in config.stages if s.won]
     counts = np.zeros((len(keys), len(keys)))
     entered = np.zeros(len(keys), dtype=int)
     won = np.zeros(len(keys), dtype=int)
-    for previous, origin, to, lead_won, count in transition_counts(session, won_stages):
+    for previous, origin, to, lead_won, count in transition_counts(session, config):
         source = previous if previous is not None else origin
         if previous is None and origin in index:  # the lead's first recorded stage was entered before the history
             entered[index[origin]] += count

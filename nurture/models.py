@@ -300,6 +300,47 @@ class StageChange(SQLModel, table=True):
     deal_value: float | None = None
 
 
+class JourneyState(SQLModel, table=True):
+    """How far the per-lead stage summaries (``analytics.journeys``) have read the stage history."""
+
+    __tablename__ = "journey_state"
+    key: str = Field(primary_key=True, max_length=50)
+    through_id: int = Field(default=0, sa_type=sa.BigInteger)  # every change with an id up to this is folded in
+    fingerprint: str = Field(default="", max_length=2000)  # the pipeline path and won stages they were built for
+    refreshed_at: datetime | None = utc_column()
+
+
+class LeadJourney(SQLModel, table=True):
+    """One lead's stage history in a row: its first change, the furthest stage of the path, when it was won."""
+
+    __tablename__ = "lead_journey"
+    lead_id: int = Field(primary_key=True, foreign_key="lead.id", sa_column_kwargs={"autoincrement": False})
+    first_at: datetime | None = utc_column(nullable=False)
+    reached: int | None = None  # position on the pipeline's path; None: only ever off it
+    won_at: datetime | None = utc_column()
+
+
+class StageStay(SQLModel, table=True):
+    """One lead's completed first stay in an open stage of the path, in 1/100 days."""
+
+    __tablename__ = "stage_stay"
+    lead_id: int = Field(primary_key=True, foreign_key="lead.id", sa_column_kwargs={"autoincrement": False})
+    stage: str = Field(primary_key=True, max_length=50)
+    hundredths: int
+
+
+class TransitionTally(SQLModel, table=True):
+    """How many stage changes went from ``previous`` (by time; "" for a lead's first) and the recorded
+    ``from_stage`` to ``to_stage``, split by whether the lead was won in the end."""
+
+    __tablename__ = "transition_tally"
+    previous: str = Field(default="", primary_key=True, max_length=50)
+    from_stage: str = Field(default="", primary_key=True, max_length=50)
+    to_stage: str = Field(primary_key=True, max_length=50)
+    won: bool = Field(primary_key=True)
+    changes: int = Field(sa_type=sa.BigInteger)
+
+
 class Suppression(SQLModel, table=True):
     __table_args__ = (one_of("reason", SUPPRESSION_REASONS),)
     id: int | None = Field(default=None, primary_key=True)

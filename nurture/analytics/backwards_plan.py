@@ -31,9 +31,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from ..conversion import StageProbability
-from ..models import Lead, Plan, StageChange
+from ..models import Lead, LeadJourney, Plan, StageChange
 from .chain import AnalyticsError, Chain
-from .report_sql import tune_for_reports
+from .journeys import refresh
 
 SAMPLES = 20_000
 SEED = 20260302  # fixed: the same question gets the same answer
@@ -234,13 +234,11 @@ def cycle_times(session: Session, chain: Chain) -> list[float]:
     """Days from entering the funnel to won, for every lead now in the won stage.
 
     Entering is the lead's creation, or its first stage change when that is earlier
-    (imported history), as in the funnel. Only the won leads' changes are read.
+    (imported history), as in the funnel; won is the first move to won (``journeys``).
     """
-    tune_for_reports(session)
-    won_at = sa.func.min(sa.case((StageChange.to_stage == chain.won, StageChange.changed_at)))
-    query = (sa.select(Lead.created_at, sa.func.min(StageChange.changed_at), won_at)
-             .join(Lead, Lead.id == StageChange.lead_id).where(Lead.stage == chain.won)
-             .group_by(StageChange.lead_id, Lead.created_at).having(won_at.is_not(None)))
+    refresh(session)
+    query = (sa.select(Lead.created_at, LeadJourney.first_at, LeadJourney.won_at)
+             .join(Lead, Lead.id == LeadJourney.lead_id).where(Lead.stage == chain.won, LeadJourney.won_at.is_not(None)))
     return [(won - min(created, first)).total_seconds() / 86400 for created, first, won in session.execute(query)]
 
 
@@ -295,11 +293,10 @@ class Progress:
 def progress(session: Session, chain: Chain, stored: Plan, now: datetime) -> Progress:
     """Plan versus actual: new leads entered and deals won since the plan was made."""
     since = stored.created_at
-    first_change = (sa.select(StageChange.lead_id, sa.func.min(StageChange.changed_at).label("entered"))
-                    .group_by(StageChange.lead_id).subquery())
-    entered_at = sa.func.coalesce(first_change.c.entered, Lead.created_at)
+    refresh(session)
+    entered_at = sa.func.coalesce(LeadJourney.first_at, Lead.created_at)
     entered = session.execute(
-        sa.select(sa.func.count()).select_from(Lead).outerjoin(first_change, first_change.c.lead_id == Lead.id)
+        sa.select(sa.func.count()).select_from(Lead).outerjoin(LeadJourney, LeadJourney.lead_id == Lead.id)
         .where(entered_at >= since, entered_at < now)).scalar_one()
     result = stored.result
     latest_start = date.fromisoformat(result["latest_start"])

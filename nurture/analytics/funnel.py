@@ -10,9 +10,10 @@ archived) and *stalled* when it is still open there.
 Time in stage counts completed first stays only (from entering a stage to the
 lead's first move out of it); open stays are not yet a measurement.
 
-Everything is aggregated in the database, one pass over the stage changes
-grouped by lead per figure (hash aggregates, no sort of the table), so the work
-stays in PostgreSQL at millions of stage changes; SQLite gives the same answers.
+Everything is aggregated in the database over the per-lead summaries that
+``journeys`` keeps (one row per lead, one per completed stay), never over the
+raw stage changes, so a report stays quick at millions of changes; SQLite gives
+the same answers.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from ..db import is_postgresql
-from ..models import Enrollment, Lead, Sequence, StageChange, User
+from ..models import Enrollment, Lead, LeadJourney, Sequence, StageStay, User
 from .chain import AnalyticsError, Chain
-from .report_sql import tune_for_reports
+from .journeys import refresh
 
 COHORTS = ("week", "month")
 DIMENSIONS = ("sequence", "owner", "source")
@@ -150,11 +151,8 @@ def funnel(session: Session, chain: Chain, by: str | None = None, group_by: tupl
     the conversions are wanted, as for a chart.
     """
     check_options(by, group_by)
-    tune_for_reports(session)
-    position = chain.position(StageChange.to_stage)
-    history = (sa.select(StageChange.lead_id, sa.func.min(StageChange.changed_at).label("entered_at"),
-                         sa.func.max(position).label("reached"))
-               .group_by(StageChange.lead_id).subquery("history"))
+    refresh(session)
+    history = sa.select(LeadJourney.lead_id, LeadJourney.first_at.label("entered_at"), LeadJourney.reached).subquery("history")
     current = chain.position(Lead.stage)
     reached = sa.case(
         (history.c.reached.is_(None), sa.func.coalesce(current, 0)),
@@ -199,36 +197,20 @@ def _row(chain: Chain, key: tuple, group_by: tuple[str, ...], cells: dict[tuple[
 def time_in_stage(session: Session, chain: Chain, group_by: tuple[str, ...] = ()) -> list[StageTime]:
     """Median and 90th percentile of completed first stays per stage of the path (days).
 
-    One pass over the stage changes, grouped by lead (a hash aggregate: no sort of the
-    table): a stay in a stage runs from the lead's first move into it (for the first
-    stage, from the lead's creation when it started there) to its first move out of it
-    (``from_stage``, which every recorded and imported change carries). The durations
-    are counted per 1/100 day, so the percentiles are exact to 15 minutes.
+    A stay in a stage runs from the lead's first move into it (for the first stage, from
+    the lead's creation when it started there) to its first move out of it
+    (``from_stage``, which every recorded and imported change carries). The stays are
+    kept per lead by ``journeys`` in 1/100 days, so the percentiles are exact to 15 minutes.
     """
-    tune_for_reports(session)
-    open_stages = chain.keys[:-1]
-    moves = []
-    for i, key in enumerate(open_stages):
-        moves.append(sa.func.min(sa.case((StageChange.to_stage == key, StageChange.changed_at))).label(f"in{i}"))
-        moves.append(sa.func.min(sa.case((sa.and_(StageChange.from_stage == key, StageChange.to_stage != key),
-                                          StageChange.changed_at))).label(f"out{i}"))
-    per_lead = sa.select(StageChange.lead_id, *moves).group_by(StageChange.lead_id).cte("per_lead")
+    refresh(session)
     columns, joins = _dimension_columns(group_by)
-    with_lead = sa.join(per_lead, Lead.__table__, Lead.id == per_lead.c.lead_id)
-    for join in joins:
-        with_lead = join(with_lead)
-    branches = []
-    for i, key in enumerate(open_stages):
-        entered = per_lead.c[f"in{i}"] if i else sa.func.coalesce(per_lead.c.in0, Lead.created_at)
-        left = per_lead.c[f"out{i}"]
-        needs_lead = bool(group_by) or i == 0  # the lead's dimensions, or its creation as the first entry
-        branches.append(sa.select(*columns, sa.literal(key).label("stage"), _hundredths_of_a_day(session, entered, left)
-                                  .label("bucket")).select_from(with_lead if needs_lead else per_lead)
-                        .where(left.is_not(None), entered.is_not(None), left >= entered))
-    stays = sa.union_all(*branches).subquery("stays")
-    dims = [stays.c[d] for d in group_by]
-    query = (sa.select(*dims, stays.c.stage, stays.c.bucket, sa.func.count().label("n"))
-             .group_by(*dims, stays.c.stage, stays.c.bucket))
+    source = StageStay.__table__
+    if group_by:
+        source = sa.join(source, Lead.__table__, Lead.id == StageStay.lead_id)
+        for join in joins:
+            source = join(source)
+    query = (sa.select(*columns, StageStay.stage, StageStay.hundredths.label("bucket"), sa.func.count().label("n"))
+             .select_from(source).group_by(*columns, StageStay.stage, StageStay.hundredths))
     histograms: dict[tuple, dict[int, int]] = defaultdict(dict)
     for r in session.execute(query).mappings():
         histograms[(tuple(r[d] for d in group_by), r["stage"])][int(r["bucket"])] = r["n"]
@@ -239,13 +221,6 @@ def time_in_stage(session: Session, chain: Chain, group_by: tuple[str, ...] = ()
         result.append(StageTime(group=dict(zip(group_by, key)), stage=stage, stays=sum(counts.values()),
                                 median_days=round(median, 2), p90_days=round(p90, 2)))
     return result
-
-
-def _hundredths_of_a_day(session: Session, start, end) -> sa.ColumnElement:
-    """SQL: whole 1/100 days from ``start`` to ``end`` (rounded down)."""
-    if is_postgresql(session):
-        return sa.func.floor(sa.extract("epoch", end - start) / 864.0)
-    return sa.cast((sa.func.julianday(end) - sa.func.julianday(start)) * 100 + 1e-9, sa.Integer)  # CAST truncates
 
 
 def percentiles(histogram: dict[int, int], qs: tuple[float, ...]) -> list[float]:
