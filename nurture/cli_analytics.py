@@ -37,6 +37,7 @@ def _session(now: str | None):
     with cli.open_session(settings) as session:
         tune_for_reports(session)  # before nurture.conversion's queries too
         yield session, settings.clock.now()
+        session.commit()  # keeps the stage changes the reports folded into the per-lead summaries
 
 
 def _percent(x: float | None) -> str:

@@ -1,7 +1,8 @@
 """Work the scheduler does besides claiming steps: drain tracking events, poll the mailbox,
 review the week, bring cooled leads back, and re-enqueue notifications whose job was lost.
 
-Events are drained every tick, so a hit reaches the lead's timeline within
+The reports' per-lead stage summaries (``analytics.journeys``) are brought up
+to date every tick. Events are drained every tick, so a hit reaches the lead's timeline within
 seconds. The mailbox is polled every ``imap_poll_seconds`` (when configured);
 a poll that fails is logged and retried next time, it never stops the tick.
 The weekly review runs on the first tick after ``NURTURE_REVIEW_AT`` in each
@@ -84,10 +85,22 @@ class Periodic:
             except Exception as exc:  # a mailbox outage must not stop sending
                 session.rollback()
                 log.warning("polling %s failed: %s", "the IMAP mailbox", exc)
+        self.refresh_summaries(session)
         lines += self.rescore_daily(session)
         lines += self.review_and_return(session, self.settings.clock.now())
         lines += self.settle_refusals(session, self.settings.clock.now())
         return lines
+
+    def refresh_summaries(self, session: Session) -> None:
+        """Fold new stage changes into the reports' per-lead summaries, so a report has little left to fold."""
+        from .analytics.journeys import refresh
+
+        try:
+            refresh(session, wait_seconds=0)
+            session.commit()
+        except Exception as exc:  # retried next tick; reports fold what is left themselves
+            session.rollback()
+            log.warning("refreshing the report summaries failed: %s", exc)
 
     def settle_refusals(self, session: Session, now: datetime) -> list[str]:
         """Leads silent after the follow-up after refusal: archived or handed to the re-offer, hourly."""
