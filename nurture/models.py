@@ -314,7 +314,7 @@ class LeadJourney(SQLModel, table=True):
     """One lead's stage history in a row: its first change, the furthest stage of the path, when it was won."""
 
     __tablename__ = "lead_journey"
-    lead_id: int = Field(primary_key=True, foreign_key="lead.id", sa_column_kwargs={"autoincrement": False})
+    lead_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})  # no FK: derived, rebuilt in bulk
     first_at: datetime | None = utc_column(nullable=False)
     reached: int | None = None  # position on the pipeline's path; None: only ever off it
     won_at: datetime | None = utc_column()
@@ -324,7 +324,7 @@ class StageStay(SQLModel, table=True):
     """One lead's completed first stay in an open stage of the path, in 1/100 days."""
 
     __tablename__ = "stage_stay"
-    lead_id: int = Field(primary_key=True, foreign_key="lead.id", sa_column_kwargs={"autoincrement": False})
+    lead_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})  # no FK: derived, rebuilt in bulk
     stage: str = Field(primary_key=True, max_length=50)
     hundredths: int
 

