@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .analytics.chain import AnalyticsError, Chain, load_chain
+from .analytics.journeys import refresh
 from .analytics.report_sql import tune_for_reports
 
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)  # piped: wide, not wrapped
@@ -35,9 +36,10 @@ def _session(now: str | None):
 
     settings = cli.settings_for(now)
     with cli.open_session(settings) as session:
+        refresh(session)
+        session.commit()  # keeps what was folded into the per-lead summaries, and lets the next refresh go on
         tune_for_reports(session)  # before nurture.conversion's queries too
         yield session, settings.clock.now()
-        session.commit()  # keeps the stage changes the reports folded into the per-lead summaries
 
 
 def _percent(x: float | None) -> str:

@@ -144,7 +144,8 @@ def _learned(session: Session, config) -> dict[str, float]:
                   and 0 <= changes - cached_changes < changes * LEARNED_REUSE_GROWTH)
         if cached_config is config and (unchanged or barely):
             return probabilities
-    probabilities = {stage: found.blended for stage, found in stage_probabilities(session, config).items()}
+    learned = stage_probabilities(session, config, wait_for_refresh=False)  # it holds lead rows: see journeys.refresh
+    probabilities = {stage: found.blended for stage, found in learned.items()}
     _learned_cache.clear()
     _learned_cache[key] = (config, time.monotonic(), changes, last_id, probabilities)
     return probabilities

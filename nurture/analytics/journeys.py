@@ -24,12 +24,15 @@ Out-of-order commits: on PostgreSQL a change can become visible after one with a
 larger id (two transactions committing out of order). A refresh therefore moves
 the mark only while no other transaction is inserting stage changes: it waits a
 quarter of a second for them, and otherwise leaves the tables as they are for
-this report (they lag by what the last scheduler tick did not fold). One refresh runs at a time (a transaction-level advisory lock); a report
-that finds another refresh running reads the tables as they are. SQLite has one
-writer at a time (nurture begins every transaction IMMEDIATE), so its mark is exact.
+this report (they lag by what the last scheduler tick did not fold). One refresh
+runs at a time: a transaction-level advisory lock, which a refresh waits for, so
+it then sees what the one before it committed. SQLite has one writer at a time
+(nurture begins every transaction IMMEDIATE), so its mark is exact there.
 
-Every report refreshes first, inside its own transaction; the scheduler
-refreshes and commits every tick, so a report folds in a few changes at most.
+Every report refreshes first, inside its own transaction. The scheduler
+refreshes and commits every tick, and the CLI's reports and the dashboard
+refresh and commit before they read, so the lock is held briefly and a report
+folds in a few changes at most.
 """
 
 from __future__ import annotations
@@ -61,18 +64,26 @@ def fingerprint(config: PipelineConfig) -> str:
     return json.dumps({"path": list(config.chain), "won": sorted(s.key for s in config.stages if s.won)})
 
 
-def refresh(session: Session, config: PipelineConfig | None = None, wait_seconds: float | None = None) -> bool:
+def refresh(session: Session, config: PipelineConfig | None = None, wait_seconds: float | None = None,
+            wait_for_refresh: bool = True) -> bool:
     """Fold the stage changes recorded since the last refresh into the summaries (in the session's transaction).
 
-    Returns False when they were left as they are: another refresh is running, or
-    other transactions kept inserting stage changes for ``wait_seconds`` (default
-    ``WRITERS_WAIT_SECONDS``; the scheduler, which comes back next tick, waits for none).
+    Returns False when they were left as they are: other transactions kept inserting
+    stage changes for ``wait_seconds`` (default ``WRITERS_WAIT_SECONDS``; the
+    scheduler, which comes back next tick, waits for none), or, with
+    ``wait_for_refresh=False``, another refresh was running. Work that holds lead
+    rows (the event drainer) does not wait for a refresh: that refresh might be
+    waiting for those rows.
     """
     config = config or stored_pipeline(session)
     tune_for_reports(session)
     postgresql = is_postgresql(session)
-    if postgresql and not session.execute(sa.select(sa.func.pg_try_advisory_xact_lock(ADVISORY_LOCK))).scalar_one():
-        return False
+    if postgresql:  # waiting for a refresh running in another transaction to end, then seeing what it did
+        if not wait_for_refresh:
+            if not session.execute(sa.select(sa.func.pg_try_advisory_xact_lock(ADVISORY_LOCK))).scalar_one():
+                return False
+        else:
+            session.execute(sa.select(sa.func.pg_advisory_xact_lock(ADVISORY_LOCK)))
     deadline = time.monotonic() + (WRITERS_WAIT_SECONDS if wait_seconds is None else wait_seconds)
     while True:
         top = session.execute(sa.select(sa.func.max(StageChange.id))).scalar_one() or 0
@@ -81,7 +92,7 @@ def refresh(session: Session, config: PipelineConfig | None = None, wait_seconds
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-    state = session.get(JourneyState, STATE_KEY)
+    state = session.get(JourneyState, STATE_KEY, populate_existing=True)  # not a copy from earlier in the session
     wanted = fingerprint(config)
     if state is None or state.fingerprint != wanted:
         _rebuild(session, config, top)
@@ -200,7 +211,9 @@ def _write_tally(session: Session, tally: Counter[Transition]) -> None:
         session.execute(sa.insert(TransitionTally), rows)
 
 
-def transition_counts(session: Session, config: PipelineConfig) -> list[tuple[str | None, str | None, str, bool, int]]:
+def transition_counts(session: Session, config: PipelineConfig,
+                      wait_for_refresh: bool = True) -> list[tuple[str | None, str | None, str, bool, int]]:
     """(previous stage by time, recorded from_stage, to_stage, lead won in the end, count) over the whole history."""
-    refresh(session, config)
-    return [(previous or None, origin or None, to, won, n) for (previous, origin, to, won), n in _read_tally(session).items()]
+    refresh(session, config, wait_for_refresh=wait_for_refresh)
+    tally = _read_tally(session)
+    return [(previous or None, origin or None, to, won, n) for (previous, origin, to, won), n in tally.items()]

@@ -22,6 +22,7 @@ from ..analytics.chain import AnalyticsError, Chain
 from ..analytics.charts import conversion_chart, funnel_chart, render
 from ..analytics.forecast import forecast
 from ..analytics.funnel import funnel
+from ..analytics.journeys import refresh
 from ..conversion import stage_probabilities
 from ..pipeline import stored_pipeline
 from .access import READERS, db_session, roles_required, settings
@@ -33,6 +34,8 @@ MAX_DEALS = 1_000_000
 def _context():
     session = db_session()
     config = stored_pipeline(session)
+    refresh(session, config)
+    session.commit()  # keeps what was folded into the per-lead summaries, and lets the next refresh go on
     return session, config, Chain.from_config(config), {s.key: s.name for s in config.stages}
 
 
