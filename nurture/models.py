@@ -78,6 +78,7 @@ class User(SQLModel, table=True):
     active: bool = True
     receives_leads: bool = True  # reps only: in the round-robin for leads without an owner
     webhook_url: str = Field(default="", max_length=500)  # Slack-compatible incoming webhook for this rep
+    language: str = Field(default="en", max_length=8)  # of the emails nurture sends this user: en or ru
     created_at: datetime | None = utc_column(nullable=False)
 
 

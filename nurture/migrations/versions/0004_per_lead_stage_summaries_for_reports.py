@@ -1,8 +1,9 @@
-"""Per-lead stage summaries for reports (``nurture.analytics.journeys``).
+"""Per-lead stage summaries for reports (``nurture.analytics.journeys``); the team's email language.
 
 The funnel, time in stage, cycle times and learned stage probabilities read these
 instead of grouping every stage change; they start empty and the first report or
-scheduler tick builds them.
+scheduler tick builds them. ``user.language`` picks the language of the emails
+nurture sends a rep or manager (English for existing users).
 
 Revision ID: 0004
 Revises: 0003
@@ -21,6 +22,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('user', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('language', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False,
+                                      server_default='en'))
     op.create_table('journey_state',
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
     sa.Column('through_id', sa.BigInteger(), nullable=False),
@@ -52,6 +56,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('user', schema=None) as batch_op:
+        batch_op.drop_column('language')
     op.drop_table('stage_stay')
     op.drop_table('lead_journey')
     op.drop_table('transition_tally')
