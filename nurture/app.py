@@ -8,6 +8,7 @@ an app at import time; ``wsgi.py`` and the demo call this.
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 from sqlmodel import Session
 
 from . import db
@@ -21,6 +22,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(SECRET_KEY=settings.secret_key, NURTURE=settings,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"))
+    if settings.proxy_hops:  # the client's address, scheme and host as the proxies saw them, not the proxy's own
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     from .inbound_views import blueprint as inbound_blueprint
     from .queues import redis_connection

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # campaigns/ and templates/ live here
+MAX_PROXY_HOPS = 5
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Settings:
     refusal_after: str = "re_offer"  # NURTURE_REFUSAL_AFTER: archive | re_offer, for a lead silent after the follow-up after refusal
     refusal_silence_days: int = 14  # NURTURE_REFUSAL_SILENCE_DAYS: days without an answer after its last letter
     reps_see_all_leads: bool = False  # NURTURE_REPS_SEE_ALL_LEADS: reps see every lead in the admin, not only their own
+    proxy_hops: int = 0  # NURTURE_PROXY_HOPS: reverse proxies in front of the web app whose X-Forwarded-* to trust
     ab_auto_promote: bool = False  # NURTURE_AB_AUTO_PROMOTE: new sends of a step use its declared A/B winner (nurture steps --promote)
     clock: Clock = field(default_factory=Clock.system)  # NURTURE_NOW or NURTURE_CLOCK_*
 
@@ -192,6 +194,8 @@ class Settings:
             kwargs["smtp"] = SmtpSettings.from_url(get("NURTURE_SMTP_URL"))
         if get("NURTURE_FROM"):
             kwargs["from_name"], kwargs["from_address"] = _parse_from(get("NURTURE_FROM"))
+        if get("NURTURE_PROXY_HOPS"):
+            kwargs["proxy_hops"] = _parse_proxy_hops(get("NURTURE_PROXY_HOPS"))
         if get("NURTURE_REPS_SEE_ALL_LEADS"):
             kwargs["reps_see_all_leads"] = _parse_switch("NURTURE_REPS_SEE_ALL_LEADS", get("NURTURE_REPS_SEE_ALL_LEADS"))
         if get("NURTURE_AB_AUTO_PROMOTE"):
@@ -244,6 +248,13 @@ class Settings:
             ZoneInfo(self.default_timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"NURTURE_DEFAULT_TIMEZONE: unknown time zone {self.default_timezone!r}") from None
+
+
+def _parse_proxy_hops(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > MAX_PROXY_HOPS:
+        raise ConfigError(f"NURTURE_PROXY_HOPS: {text!r} must be a whole number from 0 to {MAX_PROXY_HOPS}: "
+                          "how many reverse proxies stand in front of the web app (0 when it faces the network)")
+    return int(text)
 
 
 def _parse_from(text: str) -> tuple[str, str]:

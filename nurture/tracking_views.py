@@ -29,7 +29,7 @@ def _hit(kind: str, message_id: int, url: str = "") -> dict[str, str]:
     settings = current_app.config["NURTURE"]
     return {"kind": kind, "message_id": str(message_id), "url": url, "at": settings.clock.now().isoformat(),
             "method": request.method, "ua": request.headers.get("User-Agent", "")[:500],
-            "ip": request.headers.get("X-Forwarded-For", request.remote_addr or "").split(",")[0].strip()}
+            "ip": request.remote_addr or ""}  # the client's behind NURTURE_PROXY_HOPS proxies
 
 
 def _record(hit: dict[str, str]) -> None:
