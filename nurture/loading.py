@@ -88,16 +88,17 @@ def load_campaigns(session: Session, campaigns_dir: Path, templates_dir: Path, d
     specs, compiled = check_campaigns(campaigns_dir, templates_dir, default_language)
     report = LoadReport()
     for source in compiled:
-        _upsert_template(session, source, now, report)
+        upsert_template(session, source, now, report)
     for spec in specs:
-        _upsert_sequence(session, spec, now, report)
+        upsert_sequence(session, spec, now, report)
     stages = sync_pipeline(session, load_pipeline(pipeline_file(campaigns_dir)), now)
     report.stages_added, report.stages_updated, report.stages_removed = stages.added, stages.updated, stages.removed
     session.commit()
     return report
 
 
-def _upsert_template(session: Session, source: CompiledSource, now, report: LoadReport) -> None:
+def upsert_template(session: Session, source: CompiledSource, now, report: LoadReport) -> None:
+    """Store one checked template (a new version when its source changed); the admin's editor saves through this too."""
     row = session.exec(
         select(EmailTemplate).where(EmailTemplate.name == source.name, EmailTemplate.language == source.language)
     ).first()
@@ -121,7 +122,8 @@ def _checksum(spec: SequenceSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def _upsert_sequence(session: Session, spec: SequenceSpec, now, report: LoadReport) -> None:
+def upsert_sequence(session: Session, spec: SequenceSpec, now, report: LoadReport) -> None:
+    """Store one checked sequence, mapping steps by key (docs/sequences.md); the admin's builder saves through this too."""
     checksum = _checksum(spec)
     sequence = session.exec(select(Sequence).where(Sequence.key == spec.key)).first()
     if sequence is not None and sequence.checksum == checksum:

@@ -2,7 +2,7 @@
 
 A save compiles the template with ``rendering.compile_source`` (unknown MJML
 tags, unclosed tags, Jinja errors, unknown variables, with the line) and
-stores it through ``loading._upsert_template``, so its version grows as when
+stores it through ``loading.upsert_template``, so its version grows as when
 files are loaded. The preview renders for a chosen lead in a sandboxed iframe;
 the test send goes to the logged-in user through the configured SMTP server.
 """
@@ -16,7 +16,7 @@ from flask_login import current_user
 from sqlmodel import select
 
 from ..errors import NurtureError
-from ..loading import LoadReport, _upsert_template
+from ..loading import LoadReport, upsert_template
 from ..models import EmailTemplate, Lead, Step, User
 from ..sequences import LANGUAGES
 from ..transports import SmtpTransport
@@ -96,7 +96,7 @@ def _save(template: EmailTemplate | None, name: str, language: str):
                                errors={compiled.field: compiled.message}, problem=compiled,
                                leads=_sample_leads()), 400
     report = LoadReport()
-    _upsert_template(session, compiled, settings().clock.now(), report)
+    upsert_template(session, compiled, settings().clock.now(), report)
     session.commit()
     saved = session.exec(select(EmailTemplate).where(EmailTemplate.name == name, EmailTemplate.language == language)).one()
     flash(f"Saved {name}.{language} (version {saved.version})." if report.templates_added or report.templates_updated

@@ -1,6 +1,6 @@
 """Sequences: the list with live counts, the step builder, and activate / pause / archive.
 
-Saving goes through ``loading._upsert_sequence``, the same code that loads
+Saving goes through ``loading.upsert_sequence``, the same code that loads
 ``campaigns/*.yaml``: steps keep their keys, edited steps apply to leads that
 have not reached them, removed steps are retired (leads waiting on them move
 on). The builder shows what a save will do to enrolled leads before and after.
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlmodel import select
 
-from ..loading import LoadReport, _upsert_sequence
+from ..loading import LoadReport, upsert_sequence
 from ..models import SEQUENCE_STATUSES, STEP_KINDS, EmailTemplate, Enrollment, Message, Sequence, Step
 from ..send_window import DAY_NAMES
 from ..sequences import CONDITIONS
@@ -87,7 +87,7 @@ def _builder(sequence: Sequence | None, form: SequenceForm):
         elif spec is not None and not errors:
             changes = describe_changes(session, sequence, spec) if sequence else []
             report = LoadReport()
-            _upsert_sequence(session, spec, settings().clock.now(), report)
+            upsert_sequence(session, spec, settings().clock.now(), report)
             session.commit()
             saved = session.exec(select(Sequence).where(Sequence.key == spec.key)).one()
             flash("Saved." + ("" if report.sequences_added or report.sequences_updated else " Nothing had changed.")
