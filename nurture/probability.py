@@ -17,7 +17,10 @@ archived) is 0 %: engagement does not move them.
 The explanation is a sequential attribution: start at the stage's probability,
 apply the baseline (``a``, ``b``), then add each feature in turn; each step's
 change in rounded percentage points is its contribution, so the points add up
-exactly to the shown number ("34%: stage engaged 22%, replied 2 days ago +9, ...").
+exactly to the shown number ("34%: stage engaged 22%, replied 2 days ago +9, ..."). The
+contributions are stored as structured items; ``describe`` and ``explain`` word them in
+the reader's language ("34%: этап engaged — 22%, ответ 2 дня назад +9, ..." in Russian),
+English by default.
 
 ``rescore`` recomputes many leads in one pass (a query for the leads, one for their
 events, one executemany), inside the caller's transaction; ``recompute_all`` walks every open lead in
@@ -33,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 import sqlalchemy as sa
+from babel import Locale
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
@@ -197,11 +201,31 @@ def why_items(stage: str, path: np.ndarray, found: Engagement) -> list[dict]:
     return items
 
 
-def _ago(at: str, now: datetime) -> str:
+def _plural(count: int, forms: dict[str, str], language: str) -> str:
+    """The form of a noun that ``count`` takes in ``language``: ``forms`` keyed by CLDR plural category.
+
+    Russian has three for whole numbers: one (1, 21 день), few (2-4, 22 дня), many (5-20, 25 дней).
+    """
+    return forms[Locale.parse(language).plural_form(count)]
+
+
+_TEXTS = {
+    "en": {"today": "today", "yesterday": "yesterday", "days_ago": "{days} {unit} ago",
+           "days": {"one": "day", "other": "days"}, "stage": "stage {stage} {points}%", "not_scored": "not scored yet"},
+    "ru": {"today": "сегодня", "yesterday": "вчера", "days_ago": "{days} {unit} назад",
+           "days": {"one": "день", "few": "дня", "many": "дней", "other": "дня"}, "stage": "этап {stage} — {points}%",
+           "not_scored": "ещё не рассчитана"},
+}
+
+
+def _ago(at: str, now: datetime, language: str) -> str:
+    texts = _TEXTS[language]
     days = (now - datetime.fromisoformat(at)).total_seconds() / 86400
     if days < 1:
-        return "today"
-    return "yesterday" if days < 2 else f"{int(days)} days ago"
+        return texts["today"]
+    if days < 2:
+        return texts["yesterday"]
+    return texts["days_ago"].format(days=int(days), unit=_plural(int(days), texts["days"], language))
 
 
 def _link(url: str) -> str:
@@ -211,30 +235,51 @@ def _link(url: str) -> str:
     return (parts.netloc + parts.path.rstrip("/"))[:60] or url[:60]
 
 
-def describe(item: dict, now: datetime) -> str:
-    """One contribution as words: "stage engaged 22%", "replied 2 days ago +9", ..."""
-    points = item["points"]
-    if item["factor"] == "stage":
-        return f"stage {item['stage']} {points}%"
-    sign = f"{points:+d}"
-    count, when = item.get("count", 1), _ago(item["at"], now) if "at" in item else ""
-    texts = {
+def _words_en(count: int, when: str, link: str) -> dict[str, str]:
+    return {
         "baseline": "baseline for the stage",
         "reply": f"replied {when}" if count == 1 else f"replied {count} times, last {when}",
-        "click": (f"clicked {_link(item['url'])} {when}" if item.get("url") else f"clicked {when}")
-        + (f" ({count} clicks)" if count > 1 else ""),
+        "click": (f"clicked {link} {when}" if link else f"clicked {when}") + (f" ({count} clicks)" if count > 1 else ""),
         "open": f"opened {when}" if count == 1 else f"opened {count} times, last {when}",
         "machine": f"{count} machine open(s)/click(s)",
         OPTED_OUT: "unsubscribed",
     }
-    return f"{texts[item['factor']]} {sign}"
 
 
-def explain(probability: float, why: list[dict], now: datetime) -> str:
-    """``"34%: stage engaged 22%, replied 2 days ago +9, clicked example.org/case-study +3"``."""
+def _words_ru(count: int, when: str, link: str) -> dict[str, str]:
+    def counted(one: str, few: str, many: str) -> str:
+        return f"{count} {_plural(count, {'one': one, 'few': few, 'many': many, 'other': few}, 'ru')}"
+
+    return {
+        "baseline": "базовая поправка модели",
+        "reply": f"ответ {when}" if count == 1 else f"{counted('ответ', 'ответа', 'ответов')}, последний {when}",
+        "click": (f"переход по ссылке {link} {when}" if link else f"переход по ссылке {when}")
+        + (f" ({counted('переход', 'перехода', 'переходов')})" if count > 1 else ""),
+        "open": f"открытие письма {when}" if count == 1 else f"{counted('открытие', 'открытия', 'открытий')}, последнее {when}",
+        "machine": counted("автоматическое открытие или переход", "автоматических открытия или перехода",
+                           "автоматических открытий или переходов"),
+        OPTED_OUT: "отписка от рассылки",
+    }
+
+
+_WORDS = {"en": _words_en, "ru": _words_ru}
+
+
+def describe(item: dict, now: datetime, language: str = "en") -> str:
+    """One contribution as words in ``language`` (en, ru): "stage engaged 22%", "replied 2 days ago +9", ..."""
+    points = item["points"]
+    if item["factor"] == "stage":
+        return _TEXTS[language]["stage"].format(stage=item["stage"], points=points)
+    when = _ago(item["at"], now, language) if "at" in item else ""
+    words = _WORDS[language](item.get("count", 1), when, _link(item["url"]) if item.get("url") else "")
+    return f"{words[item['factor']]} {points:+d}"
+
+
+def explain(probability: float, why: list[dict], now: datetime, language: str = "en") -> str:
+    """``"34%: stage engaged 22%, replied 2 days ago +9, clicked example.org/case-study +3"``, in ``language``."""
     if not why:
-        return f"{round(probability * 100)}%: not scored yet"
-    return f"{sum(item['points'] for item in why)}%: " + ", ".join(describe(item, now) for item in why)
+        return f"{round(probability * 100)}%: {_TEXTS[language]['not_scored']}"
+    return f"{sum(item['points'] for item in why)}%: " + ", ".join(describe(item, now, language) for item in why)
 
 
 @dataclass
@@ -249,8 +294,8 @@ class ProbabilityChange:
     day_ago: float | None = None  # the probability a day earlier (events and stage as they were then)
     scored_before: bool = True  # False when the lead had never been scored
 
-    def explain(self, now: datetime) -> str:
-        return explain(self.after, self.why, now)
+    def explain(self, now: datetime, language: str = "en") -> str:
+        return explain(self.after, self.why, now, language)
 
 
 @dataclass
