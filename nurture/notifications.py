@@ -8,6 +8,9 @@ gives a lead without an owner to the next rep (``assignment``), and records one
 generic webhook (``NURTURE_WEBHOOK_URL``). The payload is a snapshot of what the
 rep needs to act (lead, probability and why, last events, a link to the lead
 page), so a delivery retried an hour later says what was true when it fired.
+It is worded in the rep's ``User.language`` (English without a rep) and says
+so in ``language``: the email, the Slack message and the generic webhook carry
+the same words.
 
 Rows are written in the caller's transaction and their delivery jobs are
 enqueued only once it commits (nothing is sent about a lead whose change was
@@ -37,7 +40,7 @@ from .lead_view import lead_document
 from .models import Lead, Notification, User
 from .probability import describe
 from .queues import send_queue
-from .rep_mail import send_rep_mail
+from .rep_mail import mail_language, send_rep_mail
 from .transports import UnknownOutcomeError
 from .webhooks import WebhookError, encode, post, post_signed, slack_message
 
@@ -55,18 +58,22 @@ class DeliveryRetry(NurtureError):
 
 # --- creating notices --------------------------------------------------------------------------
 
-def notify_warm_lead(session: Session, settings: Settings, lead: Lead, reason: str, now: datetime, *,
+def notify_warm_lead(session: Session, settings: Settings, lead: Lead, reason: str | dict[str, str], now: datetime, *,
                      replied: bool = False) -> list[Notification]:
     """Record a warm-up notice for ``lead`` on every configured channel; [] when one was sent recently.
 
-    Does not commit; the deliveries are enqueued after the caller's commit.
+    ``reason`` is one text, or its words per language (``{"en": ..., "ru": ...}``): the
+    notice takes the rep's, the row's ``reason`` the English. Does not commit; the
+    deliveries are enqueued after the caller's commit.
     """
     transaction_lock(session, f"warm-up:{lead.id}")  # two events of one lead at once: one notice
     if not replied and warm_notice_since(session, lead.id, now - timedelta(days=settings.warm_notice_days)):
         return []
     rep = assign_round_robin(session, lead, now)
-    payload = warm_up_payload(session, settings, lead, rep, reason, replied, now)
-    rows = [Notification(user_id=rep.id if rep else None, lead_id=lead.id, kind="warm_up", reason=reason[:300],
+    language = mail_language(rep.language if rep else None)
+    reasons = reason if isinstance(reason, dict) else {"en": reason}
+    payload = warm_up_payload(session, settings, lead, rep, reasons.get(language, reasons["en"]), replied, now, language)
+    rows = [Notification(user_id=rep.id if rep else None, lead_id=lead.id, kind="warm_up", reason=reasons["en"][:300],
                          channel=channel, status="pending", payload=payload, created_at=now)
             for channel in channels_for(settings, rep)]
     if not rows:
@@ -102,9 +109,10 @@ def lead_name(lead: Lead) -> str:
     return " ".join(part for part in (lead.first_name, lead.last_name) if part) or lead.email
 
 
-def why_lines(why: list, now: datetime) -> list[str]:
-    """``Lead.probability_why`` as words as of ``now`` ("stage engaged 22%", "replied 2 days ago +9")."""
-    return [describe(item, now) if isinstance(item, dict) and "factor" in item else str(item) for item in why or []]
+def why_lines(why: list, now: datetime, language: str = "en") -> list[str]:
+    """``Lead.probability_why`` as words of ``language`` as of ``now`` ("stage engaged 22%", "replied 2 days ago +9")."""
+    return [describe(item, now, language) if isinstance(item, dict) and "factor" in item else str(item)
+            for item in why or []]
 
 
 def timeline(session: Session, lead: Lead) -> list[dict]:
@@ -116,19 +124,19 @@ def timeline(session: Session, lead: Lead) -> list[dict]:
             for e in document["events"][-TIMELINE_EVENTS:]]
 
 
-def lead_summary(settings: Settings, lead: Lead, now: datetime | None = None) -> dict:
-    """What a notice or digest shows of a lead; ``why`` worded as of ``now`` (default: the settings' clock)."""
+def lead_summary(settings: Settings, lead: Lead, now: datetime | None = None, language: str = "en") -> dict:
+    """What a notice or digest shows of a lead; ``why`` in ``language`` as of ``now`` (default: the settings' clock)."""
     now = now or settings.clock.now()
     return {"id": lead.id, "name": lead_name(lead), "email": lead.email, "company": lead.company,
             "stage": lead.stage, "probability": round(lead.probability or 0.0, 4),
-            "why": why_lines(lead.probability_why, now), "url": lead_page_url(settings, lead.id)}
+            "why": why_lines(lead.probability_why, now, language), "url": lead_page_url(settings, lead.id)}
 
 
 def warm_up_payload(session: Session, settings: Settings, lead: Lead, rep: User | None, reason: str,
-                    replied: bool, now: datetime) -> dict:
+                    replied: bool, now: datetime, language: str = "en") -> dict:
     return {
-        "event": "lead.warm_up", "reason": reason, "replied": replied, "at": now.isoformat(),
-        "lead": lead_summary(settings, lead, now),
+        "event": "lead.warm_up", "reason": reason, "replied": replied, "at": now.isoformat(), "language": language,
+        "lead": lead_summary(settings, lead, now, language),
         "rep": {"id": rep.id, "name": rep.name, "email": rep.email} if rep else None,
         "timeline": timeline(session, lead),
     }

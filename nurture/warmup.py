@@ -8,7 +8,8 @@ counts. The rep is told through ``notifications.notify_warm_lead``, which keeps
 to one notice per lead per ``NURTURE_WARM_NOTICE_DAYS`` (a reply always
 notifies), assigns leads without an owner and delivers after the commit. A lead
 that opted out, or sits in a stage fixed at 0 % or 100 % (lost, archived, won),
-is not warm, whatever its engagement.
+is not warm, whatever its engagement. The reason is worded in every team
+language; the notice takes its rep's.
 
 ``on_activity`` is the hook the event drainer, the inbound pipeline and the
 unsubscribe page call, once per batch, inside their transaction.
@@ -25,9 +26,16 @@ from sqlmodel import Session, select
 from .config import Settings
 from .models import Lead
 from .probability import ProbabilityChange, recompute_all, rescore
+from .sequences import LANGUAGES
 
 log = logging.getLogger(__name__)
 OPTED_OUT_STATUSES = ("unsubscribed", "complained", "bounced")
+REASONS = {
+    "en": {"replied": "replied", "crossed": "close probability crossed {threshold:.0%} ({before:.0%} → {after:.0%})",
+           "rose": "close probability rose {rise} points in a day ({before:.0%} → {after:.0%})"},
+    "ru": {"replied": "лид ответил", "crossed": "вероятность сделки достигла порога {threshold:.0%} ({before:.0%} → {after:.0%})",
+           "rose": "вероятность сделки выросла на {rise} п. п. за сутки ({before:.0%} → {after:.0%})"},
+}
 
 
 @dataclass
@@ -43,18 +51,20 @@ def is_warm(lead: Lead, settings: Settings) -> bool:
         and lead.probability >= settings.warm_threshold
 
 
-def warm_reason(change: ProbabilityChange, settings: Settings, replied: bool = False, rises: bool = True) -> str | None:
-    """Why this change makes the lead warm, or None (``rises=False``: only a crossing of the threshold counts)."""
+def warm_reason(change: ProbabilityChange, settings: Settings, replied: bool = False, rises: bool = True,
+                language: str = "en") -> str | None:
+    """Why this change makes the lead warm, in ``language``, or None (``rises=False``: only a crossing counts)."""
+    words = REASONS[language]
     if replied:
-        return "replied"
+        return words["replied"]
     before = change.before if change.scored_before or change.day_ago is None else change.day_ago
     if not 0 < change.after < 1:
         return None
     if before < settings.warm_threshold <= change.after:
-        return f"close probability crossed {settings.warm_threshold:.0%} ({before:.0%} → {change.after:.0%})"
+        return words["crossed"].format(threshold=settings.warm_threshold, before=before, after=change.after)
     if rises and change.day_ago is not None and (change.after - change.day_ago) * 100 > settings.warm_rise_points:
         rise = round((change.after - change.day_ago) * 100)
-        return f"close probability rose {rise} points in a day ({change.day_ago:.0%} → {change.after:.0%})"
+        return words["rose"].format(rise=rise, before=change.day_ago, after=change.after)
     return None
 
 
@@ -71,8 +81,9 @@ def detect(session: Session, settings: Settings, changes: list[ProbabilityChange
         reason, change = reasons[lead.id]
         if lead.id not in replied and lead.status in OPTED_OUT_STATUSES:
             continue
-        notices = notify_warm_lead(session, settings, lead, f"{reason}: {change.explain(now)}", now,
-                                   replied=lead.id in replied)
+        words = {language: f"{warm_reason(change, settings, lead.id in replied, rises, language)}: "
+                           f"{change.explain(now, language)}" for language in LANGUAGES}
+        notices = notify_warm_lead(session, settings, lead, words, now, replied=lead.id in replied)
         found.append(WarmUp(lead.id, reason, bool(notices)))
     return found
 

@@ -13,6 +13,9 @@ receivers can reuse what they know::
 The timestamp is inside the signed text, so a captured request cannot be
 replayed later: ``verify_signature`` refuses one older than five minutes.
 ``X-Nurture-Delivery`` lets a receiver drop a retried delivery it already has.
+
+The Slack message is worded in the notice's ``language`` (the rep's), with the
+email's subject as its title (``rep_mail``).
 """
 
 from __future__ import annotations
@@ -25,12 +28,21 @@ import time
 import httpx
 
 from .errors import NurtureError
+from .rep_mail import event_kind, mail_language, subject_for
 
 TIMEOUT_SECONDS = 10.0
 REPLAY_WINDOW_SECONDS = 300
 SIGNATURE_HEADER = "X-Nurture-Signature"
 TIMESTAMP_HEADER = "X-Nurture-Timestamp"
 DELIVERY_HEADER = "X-Nurture-Delivery"
+SLACK_WORDS = {
+    "en": {"no_why": "no breakdown yet", "machine": "machine", "no_events": "no events yet", "stage": "Stage",
+           "probability": "Probability", "email": "Email", "rep": "Rep", "unassigned": "unassigned",
+           "last_events": "Last events", "open": "Open the lead"},
+    "ru": {"no_why": "разбивки пока нет", "machine": "автоматически", "no_events": "событий пока нет", "stage": "Этап",
+           "probability": "Вероятность сделки", "email": "Email", "rep": "Менеджер", "unassigned": "не назначен",
+           "last_events": "Последние события", "open": "Открыть карточку лида"},
+}
 
 
 class WebhookError(NurtureError):
@@ -103,16 +115,18 @@ def slack_escape(text: str) -> str:
 
 def slack_message(payload: dict) -> dict:
     """A warm-up notice as a Slack incoming-webhook body: ``text`` (the fallback) plus Block Kit blocks."""
+    language = mail_language(payload.get("language"))
+    words = SLACK_WORDS[language]
     lead = payload["lead"]
     percent = f"{lead['probability'] * 100:.0f}%"
-    who = lead["name"] + (f" ({lead['company']})" if lead["company"] else "")
-    title = f"{'Reply from' if payload.get('replied') else 'Warm lead:'} {who}, {percent}"
-    why = "\n".join(f"• {slack_escape(line)}" for line in lead["why"]) or "• no breakdown yet"
+    title = subject_for("warm_up", payload, language)
+    why = "\n".join(f"• {slack_escape(line)}" for line in lead["why"]) or f"• {words['no_why']}"
     events = "\n".join(
-        f"{event['at'][:16].replace('T', ' ')} {event['kind']}{' (machine)' if event['machine'] else ''}"
+        f"{event['at'][:16].replace('T', ' ')} {event_kind(event['kind'], language)}"
+        + (f" ({words['machine']})" if event["machine"] else "")
         + (f": {slack_escape(event['subject'])}" if event["subject"] else "")
         for event in payload.get("timeline", [])[-5:]
-    ) or "no events yet"
+    ) or words["no_events"]
     rep = payload.get("rep")
     return {
         "text": slack_escape(f"{title}: {payload['reason']}"),
@@ -120,14 +134,15 @@ def slack_message(payload: dict) -> dict:
             {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*{slack_escape(payload['reason'])}*\n{why}"}},
             {"type": "section", "fields": [
-                {"type": "mrkdwn", "text": f"*Stage*\n{slack_escape(lead['stage'])}"},
-                {"type": "mrkdwn", "text": f"*Probability*\n{percent}"},
-                {"type": "mrkdwn", "text": f"*Email*\n{slack_escape(lead['email'])}"},
-                {"type": "mrkdwn", "text": f"*Rep*\n{slack_escape(rep['name'] or rep['email']) if rep else 'unassigned'}"},
+                {"type": "mrkdwn", "text": f"*{words['stage']}*\n{slack_escape(lead['stage'])}"},
+                {"type": "mrkdwn", "text": f"*{words['probability']}*\n{percent}"},
+                {"type": "mrkdwn", "text": f"*{words['email']}*\n{slack_escape(lead['email'])}"},
+                {"type": "mrkdwn",
+                 "text": f"*{words['rep']}*\n{slack_escape(rep['name'] or rep['email']) if rep else words['unassigned']}"},
             ]},
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Last events*\n{events}"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{words['last_events']}*\n{events}"}},
             {"type": "actions", "elements": [
-                {"type": "button", "text": {"type": "plain_text", "text": "Open the lead"}, "url": lead["url"]},
+                {"type": "button", "text": {"type": "plain_text", "text": words["open"]}, "url": lead["url"]},
             ]},
         ],
     }
