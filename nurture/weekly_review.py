@@ -13,7 +13,8 @@ The scheduler runs it on its first tick after ``NURTURE_REVIEW_AT`` each week
    Each stuck lead gets one ``stuck`` task for its owner per stay in a stage;
 3. sends each rep who owns leads a digest (warm leads by probability, stuck
    leads, leads cooled this week, replies, leads coming back from cold next week)
-   and each manager one with the team's figures.
+   and each manager one with the team's figures. Each digest is worded in its
+   reader's ``User.language`` (``rep_mail``): the payload records the language.
 
 A week is the ISO week of ``now`` (Monday to Sunday, UTC). Running the review
 again in the same week sends nothing twice: digests are recorded per user and
@@ -38,6 +39,7 @@ from .config import Settings
 from .models import Event, Lead, Notification, StageChange, User
 from .notifications import enqueue_after_commit, lead_summary
 from .pipeline import stored_pipeline
+from .rep_mail import mail_language
 from .stages import cool_stale_leads
 
 MIN_STAYS = 10  # completed stays a stage needs before its own p90 is trusted as the limit
@@ -96,22 +98,23 @@ def run_weekly_review(session: Session, settings: Settings, now: datetime, *, dr
     report.flagged = flag_stuck(session, report.stuck, now)
     since = now - timedelta(days=7)
     created: list[Notification] = []
-    team: dict | None = None  # the managers' digest: the same figures for each, computed once
+    team: dict[str, dict] | None = None  # the managers' digest per language: the same figures for each, computed once
     for user in session.exec(select(User).where(User.active.is_(True), User.role.in_(("rep", "manager")))
                              .order_by(User.id)).all():
+        language = mail_language(user.language)
         if user.role == "rep":
-            payload = rep_digest(session, settings, user, report.stuck, since, now)
+            payload = rep_digest(session, settings, user, report.stuck, since, now, language)
             if payload is None:
                 continue  # owns no leads: nothing to review
         else:
             team = team or manager_digest(session, settings, report, since, now)
-            payload = dict(team)
+            payload = dict(team[language])
         already = session.exec(select(Notification.id).where(
             Notification.user_id == user.id, Notification.kind == "digest",
             Notification.created_at >= week_start, Notification.created_at < week_start + timedelta(days=7))).first()
         report.digests.append({"to": user.email, "role": user.role, "status": "already sent" if already else "sent"})
         if not already:
-            payload.update(week=week, template=f"{user.role}_digest")
+            payload.update(week=week, template=f"{user.role}_digest", language=language)
             created.append(Notification(user_id=user.id, kind="digest", reason=f"weekly review {week}", channel="email",
                                         status="pending", payload=payload, created_at=now))
     session.add_all(created)
@@ -178,8 +181,8 @@ def flag_stuck(session: Session, stuck: list[StuckLead], now: datetime) -> int:
 # --- digests -------------------------------------------------------------------------------------
 
 def rep_digest(session: Session, settings: Settings, rep: User, stuck: list[StuckLead], since: datetime,
-               now: datetime) -> dict | None:
-    """What one rep should look at this week; None when the rep owns no leads."""
+               now: datetime, language: str = "en") -> dict | None:
+    """What one rep should look at this week, worded in ``language``; None when the rep owns no leads."""
     owned = select(Lead.id).where(Lead.owner_id == rep.id)
     if session.exec(owned.limit(1)).first() is None:
         return None
@@ -188,26 +191,30 @@ def rep_digest(session: Session, settings: Settings, rep: User, stuck: list[Stuc
     warm = session.exec(select(Lead).where(Lead.id.in_(warm_ids)).order_by(Lead.probability.desc(), Lead.id)).all()
     mine = [s for s in stuck if s.owner_id == rep.id]
     stuck_rows = {lead.id: lead for lead in session.exec(select(Lead).where(Lead.id.in_([s.lead_id for s in mine])))}
+
+    def summary(lead: Lead) -> dict:
+        return lead_summary(settings, lead, language=language)
+
     return {
-        "warm": [lead_summary(settings, lead) for lead in warm],
-        "stuck": [{**lead_summary(settings, stuck_rows[s.lead_id]), "days": s.days, "limit_days": s.limit_days}
-                  for s in mine],
-        "cooled": [lead_summary(settings, lead) for lead in session.exec(
+        "warm": [summary(lead) for lead in warm],
+        "stuck": [{**summary(stuck_rows[s.lead_id]), "days": s.days, "limit_days": s.limit_days} for s in mine],
+        "cooled": [summary(lead) for lead in session.exec(
             select(Lead).where(Lead.owner_id == rep.id, Lead.id.in_(_cooled_since(session, since)))
             .order_by(Lead.id)).all()],
-        "replies": [{**lead_summary(settings, lead), "at": at.isoformat()} for lead, at in session.exec(
+        "replies": [{**summary(lead), "at": at.isoformat()} for lead, at in session.exec(
             select(Lead, Event.occurred_at).join(Event, Event.lead_id == Lead.id).where(
                 Lead.owner_id == rep.id, Event.kind == "reply", Event.occurred_at > since, Event.occurred_at <= now)
             .order_by(Event.occurred_at)).all()],
-        "returning": [{**lead_summary(settings, lead), "returns_at": lead.returns_at.isoformat()} for lead in session.exec(
+        "returning": [{**summary(lead), "returns_at": lead.returns_at.isoformat()} for lead in session.exec(
             select(Lead).where(Lead.owner_id == rep.id, Lead.returns_at.is_not(None), Lead.returns_at > now,
                                Lead.returns_at <= now + timedelta(days=7)).order_by(Lead.returns_at)).all()],
     }
 
 
-def manager_digest(session: Session, settings: Settings, report: ReviewReport, since: datetime, now: datetime) -> dict:
-    """The team's week in figures. One entry per section: a new section is one more line here."""
-    return {
+def manager_digest(session: Session, settings: Settings, report: ReviewReport, since: datetime,
+                   now: datetime) -> dict[str, dict]:
+    """The team's week in figures, per team language. One entry per section: a new section is one more line here."""
+    figures = {
         "pipeline": pipeline_counts(session),
         "week_figures": week_counts(session, since, now),
         "stuck_by_stage": dict(Counter(s.stage for s in report.stuck)),
@@ -216,8 +223,9 @@ def manager_digest(session: Session, settings: Settings, report: ReviewReport, s
             Lead.owner_id.is_(None), Lead.status.in_(OPEN_LEAD_STATUSES))).one(),
         "failed_notifications": session.exec(select(sa.func.count()).select_from(Notification).where(
             Notification.status == "failed", Notification.created_at > since)).one(),
-        "analytics": manager_section(session, now),  # the bottleneck and the plan against actuals
     }
+    # the bottleneck and the plan against actuals, worded in each language
+    return {language: {**figures, "analytics": section} for language, section in manager_section(session, now).items()}
 
 
 def pipeline_counts(session: Session) -> list[dict]:
