@@ -23,6 +23,7 @@ from . import db
 from .config import Settings
 from .addresses import normalise
 from .errors import NurtureError
+from .sequences import LANGUAGES
 
 console = Console(stderr=True)
 now_option = click.option("--now", metavar="ISO-8601", help="Act as if it were this instant (default: NURTURE_NOW or the clock).")
@@ -127,11 +128,13 @@ def users() -> None:
 @click.option("--role", type=click.Choice(["admin", "marketer", "rep", "manager"]), default="rep", show_default=True)
 @click.option("--title", default="", help="Job title, shown in the email signature.")
 @click.option("--phone", default="", help="Phone, shown in the email signature.")
+@click.option("--language", type=click.Choice(LANGUAGES), default=None,
+              help="Language of the emails nurture sends the user (notices, digests). New users: en.")
 @click.option("--admin", "make_admin", is_flag=True, help="Make the user an admin (same as --role admin); asks for a password.")
 @click.option("--password", "set_password", is_flag=True, help="Ask for a password for the admin UI (read from stdin when not a terminal).")
 @now_option
-def users_create(email, name, role, title, phone, make_admin, set_password, now) -> None:
-    """Create a user (or update the name, role, title and phone of an existing one)."""
+def users_create(email, name, role, title, phone, language, make_admin, set_password, now) -> None:
+    """Create a user (or update the name, role, title, phone and language of an existing one)."""
     from email_validator import EmailNotValidError, validate_email
 
     from .models import User
@@ -155,6 +158,7 @@ def users_create(email, name, role, title, phone, make_admin, set_password, now)
         user = user or User(email=email, created_at=settings.clock.now())
         user.name, user.role, user.title, user.phone = name or user.name or email.split("@")[0], role, title or user.title, phone or user.phone
         user.password_hash = password_hash or user.password_hash
+        user.language = language or user.language
         session.add(user)
         session.commit()
         click.echo(f"{'created' if created else 'updated'} {role} {email} (id {user.id})")
