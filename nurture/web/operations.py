@@ -1,4 +1,4 @@
-"""Operations: the suppression list, users and roles, queue health, and the caught-mail link.
+"""Operations: the suppression list, users (roles, the language of their emails), queue health, the caught-mail link.
 
 Suppression goes through ``suppression.suppress`` / ``unsuppress`` (the same
 path as unsubscribes and bounces). Queue health reads RQ's own registries for
@@ -8,6 +8,7 @@ and the workers that serve it.
 
 from __future__ import annotations
 
+from babel import Locale
 from email_validator import EmailNotValidError, validate_email
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -19,6 +20,7 @@ from sqlmodel import select
 from ..addresses import normalise
 from ..models import ROLES, SUPPRESSION_REASONS, Suppression, User
 from ..queues import send_queue
+from ..sequences import LANGUAGES
 from ..suppression import suppress, unsuppress
 from .access import EDITORS, db_session, roles_required, settings
 from .passwords import hash_password, password_problem
@@ -27,6 +29,7 @@ blueprint = Blueprint("operations", __name__, template_folder="../web_templates"
 PER_PAGE = 100
 REASON_OPTIONS = [(r, r.replace("_", " ")) for r in SUPPRESSION_REASONS]
 ROLE_OPTIONS = [(r, r) for r in ROLES]
+LANGUAGE_OPTIONS = [(code, Locale.parse(code).get_display_name(code).capitalize()) for code in LANGUAGES]  # "Русский"
 
 
 @blueprint.get("/suppression")
@@ -88,15 +91,16 @@ def suppression_remove():
 def users():
     rows = db_session().exec(select(User).order_by(User.active.desc(), User.role, User.email)).all()
     editing = next((u for u in rows if str(u.id) == request.args.get("edit")), None)
-    form = {"email": editing.email, "name": editing.name, "role": editing.role,
+    form = {"email": editing.email, "name": editing.name, "role": editing.role, "language": editing.language,
             "active": "on" if editing.active else ""} if editing else {}
-    return render_template("admin/users.html", rows=rows, role_options=ROLE_OPTIONS, errors={}, form=form)
+    return render_template("admin/users.html", rows=rows, role_options=ROLE_OPTIONS, language_options=LANGUAGE_OPTIONS,
+                           errors={}, form=form)
 
 
 @blueprint.post("/users")
 @roles_required("admin")
 def users_save():
-    """Create a user, or change one's role, activity or password (by email)."""
+    """Create a user, or change one's role, email language, activity or password (by email)."""
     session = db_session()
     form = request.form
     errors: dict[str, str] = {}
@@ -107,6 +111,9 @@ def users_save():
     role = form.get("role", "")
     if role not in ROLES:
         errors["role"] = f"choose one of {', '.join(ROLES)}"
+    language = form.get("language")  # a form without the field keeps the user's
+    if language is not None and language not in LANGUAGES:
+        errors["language"] = f"nurture writes no emails in {language!r}: choose one of {', '.join(LANGUAGES)}"
     password = form.get("password", "")
     user = session.exec(select(User).where(User.email == email)).first() if email else None
     if password or user is None:
@@ -117,11 +124,13 @@ def users_save():
         errors["role"] = "you cannot take admin away from yourself or deactivate yourself"
     if errors:
         rows = session.exec(select(User).order_by(User.active.desc(), User.role, User.email)).all()
-        return render_template("admin/users.html", rows=rows, role_options=ROLE_OPTIONS, errors=errors, form=form), 400
+        return render_template("admin/users.html", rows=rows, role_options=ROLE_OPTIONS,
+                               language_options=LANGUAGE_OPTIONS, errors=errors, form=form), 400
     created = user is None
     user = user or User(email=email, created_at=settings().clock.now())
     user.name = form.get("name", "").strip()[:200] or user.name or email.split("@")[0]
     user.role, user.active = role, "active" in form
+    user.language = language or user.language
     if password:
         user.password_hash = hash_password(password)
     session.add(user)
