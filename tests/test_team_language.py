@@ -97,6 +97,7 @@ def test_an_english_reps_warm_up_notice_is_unchanged(leads):
                            "(20% → 34%): 34%: stage engaged 22%, replied 2 days ago +9, opened 5 times, last 5 days ago +3\n")
     assert "Close probability: 34% (stage new)\n  - stage engaged 22%\n  - replied 2 days ago +9\n" in text
     assert "Last events:\n  2026-03-02 06:00  open\n" in text
+    assert "<strong>John Smith</strong> (Acme Corp) is warming up: close probability crossed 30%" in body(mail, "html")
     assert text.endswith("Now is a good moment to get in touch.\n-- nurture\n")
 
 
