@@ -177,7 +177,10 @@ def hundredths_of_a_day(session: Session, start, end) -> sa.ColumnElement:
     """SQL: whole 1/100 days from ``start`` to ``end`` (rounded down)."""
     if is_postgresql(session):
         return sa.cast(sa.func.floor(sa.extract("epoch", end - start) / 864.0), sa.Integer)
-    return sa.cast((sa.func.julianday(end) - sa.func.julianday(start)) * 100 + 1e-9, sa.Integer)  # CAST truncates
+    # julianday is a float good to about 50 microseconds: rounded to whole milliseconds first, then
+    # integer division (exact, rounding down) as PostgreSQL's floor. A float guard instead missed by 1e-8.
+    milliseconds = sa.cast(sa.func.round((sa.func.julianday(end) - sa.func.julianday(start)) * 86_400_000), sa.Integer)
+    return milliseconds // 864_000
 
 
 def _transitions(session: Session, config: PipelineConfig, scope: list) -> Counter[Transition]:
