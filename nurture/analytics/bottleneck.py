@@ -56,6 +56,11 @@ class Bottleneck:
                 "steps": [asdict(s) for s in self.steps], "worst": asdict(self.worst) if self.worst else None,
                 "notes": self.notes}
 
+    @property
+    def judged(self) -> list[StepHealth]:
+        """The steps with a reference and enough movement (``MIN_EXITS`` leads leaving) to be judged."""
+        return [s for s in self.steps if s.gap is not None and s.exits >= MIN_EXITS]
+
     def sentence(self) -> str:
         """One line for a digest or a dashboard."""
         if self.worst is None:
@@ -91,15 +96,15 @@ def assess(chain: Chain, recent: dict[str, tuple[int, int]], reference: dict[str
         if gap is not None:
             cost = round(max(gap, 0.0) * left * DAYS_PER_MONTH / window_days * won_from.get(following, 0.0), 2)
         steps.append(StepHealth(stage, following, left, advanced, _r(rate), _r(ref), _r(gap), cost))
-    judged = [s for s in steps if s.gap is not None and s.exits >= MIN_EXITS]
-    below = [s for s in judged if s.gap > 0]
-    if not judged:
+    found = Bottleneck(reference=reference_kind, plan_id=plan_id, window_days=window_days, steps=steps, worst=None,
+                       notes=notes)
+    below = [s for s in found.judged if s.gap > 0]
+    if not found.judged:
         notes.append(f"too little movement to judge: no step had {MIN_EXITS} leads leaving it in the last {window_days} days")
     elif not below:
         notes.append(f"every step is at or above its {reference_kind}")
-    worst = max(below, key=lambda s: (s.gap, s.deals_per_month or 0.0)) if below else None
-    return Bottleneck(reference=reference_kind, plan_id=plan_id, window_days=window_days, steps=steps, worst=worst,
-                      notes=notes)
+    found.worst = max(below, key=lambda s: (s.gap, s.deals_per_month or 0.0)) if below else None
+    return found
 
 
 def _r(x: float | None) -> float | None:

@@ -45,7 +45,7 @@ def _bottleneck_in_russian(found: Bottleneck) -> str:
     against, at_or_above = _REFERENCE_RU[found.reference]
     w = found.worst
     if w is None:
-        if any(s.gap is not None and s.exits >= MIN_EXITS for s in found.steps):
+        if found.judged:
             return f"Узкого места нет: все этапы не ниже {at_or_above}"
         return (f"Узкого места нет: пока мало данных — за последние {found.window_days} дн. ни с одного этапа "
                 f"не ушло {MIN_EXITS} и более лидов")
