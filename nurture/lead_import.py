@@ -27,8 +27,10 @@ from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
 from .addresses import normalise
+from .config import Settings
 from .errors import ImportFileError
 from .models import Lead, LeadTag, User
+from .probability import Scorer, rescore
 from .send_window import zone
 
 FIELD_LIMITS = {"email": 320, "first_name": 200, "last_name": 200, "company": 300, "timezone": 64,
@@ -222,7 +224,12 @@ def _merge(into: dict, new: dict) -> None:
 
 def import_leads(session: Session, data: bytes, now: datetime, default_language: str = "en",
                  mapping: dict[str, str] | None = None, encoding: str = "utf-8",
-                 progress: Callable[[int, int], None] | None = None, extra_tags: list[str] | None = None) -> ImportReport:
+                 progress: Callable[[int, int], None] | None = None, extra_tags: list[str] | None = None,
+                 settings: Settings | None = None) -> ImportReport:
+    """Check every row, then write the leads and score the new ones in one transaction; see the module docstring.
+
+    ``settings`` (scoring's half-life) default to the environment's, as the CLI reads them.
+    """
     header, rows = read_rows(decode(data, encoding))
     columns = map_headers(header, mapping)
     owners = dict(session.exec(select(User.email, User.id)).all())
@@ -241,13 +248,18 @@ def import_leads(session: Session, data: bytes, now: datetime, default_language:
             valid[values["email"]] = values
     if not valid:
         return report
-    _write(session, list(valid.values()), now, report, progress)
+    settings = settings or Settings.from_env()
+    scorer = Scorer.load(session, settings)
+    # loading the stage probabilities may fold new stage changes into the summaries, holding the
+    # refresh lock to the end of the transaction: commit that now, not after the whole import
+    session.commit()
+    _write(session, list(valid.values()), now, report, progress, settings, scorer)
     session.commit()
     return report
 
 
 def _write(session: Session, leads: list[dict], now: datetime, report: ImportReport,
-           progress: Callable[[int, int], None] | None) -> None:
+           progress: Callable[[int, int], None] | None, settings: Settings, scorer: Scorer) -> None:
     chunk = 500
     for start in range(0, len(leads), chunk):
         part = leads[start:start + chunk]
@@ -275,6 +287,7 @@ def _write(session: Session, leads: list[dict], now: datetime, report: ImportRep
             inserted = session.execute(sa.insert(Lead).returning(Lead.id, Lead.email), new_rows).all()
             ids = dict((email, lead_id) for lead_id, email in inserted)
             tags += [(ids[v["email"]], tag) for v in part if v["email"] in ids for tag in v["tags"]]
+            rescore(session, settings, list(ids.values()), now, scorer=scorer)
             report.created += len(new_rows)
         session.flush()
         if tags:

@@ -81,7 +81,7 @@ def run_import(import_id: str) -> dict:
     try:
         with session_scope(settings.database_url) as session:
             report = import_leads(session, data, settings.clock.now(), settings.default_language,
-                                  progress=progress, extra_tags=tags)
+                                  progress=progress, extra_tags=tags, settings=settings)
     except ImportFileError as exc:
         redis.hset(key, mapping={"state": "failed", "message": f"Nothing was imported: {exc}"})
         return {"state": "failed", "error": str(exc)}
