@@ -16,7 +16,9 @@ CRM stage names map to pipeline stages by key or name, by a few common CRM names
 (Prospecting, Closed Won ...), or explicitly (``stage_map``). Leads are matched by
 email, then external id; a lead not known yet is created (an opportunity without
 an address gets a placeholder ``@history.invalid`` one and is archived: it is
-history, never mailed). Re-importing a file adds nothing twice.
+history, never mailed). Re-importing a file adds nothing twice. The leads it
+creates or moves get their close probability at the end, in the same
+transaction, from stage probabilities that have learned the imported history.
 
 Same error rules as the leads import (``lead_import``, whose CSV reading this
 reuses): a row that fails is rejected with its line and reason; a file that
@@ -36,10 +38,12 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from .addresses import normalise
+from .config import Settings
 from .errors import ImportFileError
 from .lead_import import SYNONYMS as LEAD_SYNONYMS, Reject, decode, map_columns, read_rows
 from .models import Lead, StageChange
 from .pipeline import PipelineConfig, stored_pipeline
+from .probability import Scorer, rescore
 from .sequences import suggest
 
 SYNONYMS = {
@@ -236,8 +240,11 @@ def _opportunity_row(values: dict[str, str], names: _StageNames, now: datetime) 
 def import_history(session: Session, data: bytes, now: datetime, mapping: dict[str, str] | None = None,
                    stage_map: dict[str, str] | None = None, encoding: str = "utf-8",
                    progress: Callable[[int, int], None] | None = None,
-                   config: PipelineConfig | None = None) -> HistoryReport:
-    """Check every row, then write all changes in one transaction; see the module docstring."""
+                   config: PipelineConfig | None = None, settings: Settings | None = None) -> HistoryReport:
+    """Check every row, then write all changes in one transaction; see the module docstring.
+
+    ``settings`` (scoring's half-life) default to the environment's, as the CLI reads them.
+    """
     config = config or stored_pipeline(session)
     header, rows = read_rows(decode(data, encoding))
     columns = map_columns(header, mapping, SYNONYMS)
@@ -273,7 +280,8 @@ def import_history(session: Session, data: bytes, now: datetime, mapping: dict[s
         history.company = history.company or values.get("company", "")
         history.changes += changes
     if histories:
-        _write(session, config, list(histories.values()), now, report, progress)
+        moved = _write(session, config, list(histories.values()), now, report, progress)
+        _score(session, settings or Settings.from_env(), moved, now, len(histories), progress)
         session.commit()
     return report
 
@@ -299,7 +307,12 @@ def _find_leads(session: Session, part: list[_LeadHistory]) -> dict[int, Lead]:
 
 
 def _write(session: Session, config: PipelineConfig, histories: list[_LeadHistory], now: datetime,
-           report: HistoryReport, progress: Callable[[int, int], None] | None) -> None:
+           report: HistoryReport, progress: Callable[[int, int], None] | None) -> list[int]:
+    """Create the missing leads, add the changes, move the leads; return the ids of the leads created or moved.
+
+    Progress counts each history, then each lead to score (``_score``): at most one per history.
+    """
+    moved: list[int] = []
     for start in range(0, len(histories), CHUNK):
         part = histories[start:start + CHUNK]
         found = _find_leads(session, part)
@@ -320,6 +333,7 @@ def _write(session: Session, config: PipelineConfig, histories: list[_LeadHistor
             inserted = session.connection().execute(
                 lead_table.insert().returning(lead_table.c.id, sort_by_parameter_order=True), new_rows).scalars().all()
             report.leads_created += len(inserted)
+            moved += inserted
             created = iter(inserted)
             lead_ids = {index: (found[index].id if index in found else next(created)) for index in range(len(part))}
         else:
@@ -349,10 +363,25 @@ def _write(session: Session, config: PipelineConfig, histories: list[_LeadHistor
                     lead.deal_value = last.deal_value
                 lead.updated_at = now
                 session.add(lead)
+                moved.append(lead.id)
                 report.leads_updated += 1
         if rows:
             session.connection().execute(StageChange.__table__.insert(), rows)
             report.changes += len(rows)
         session.flush()
         if progress:
-            progress(min(start + CHUNK, len(histories)), len(histories))
+            progress(min(start + CHUNK, len(histories)), 2 * len(histories))
+    return moved
+
+
+def _score(session: Session, settings: Settings, lead_ids: list[int], now: datetime, written: int,
+           progress: Callable[[int, int], None] | None) -> None:
+    """Rescore these leads in chunks; the stage probabilities are loaded after the writes, so they learn the history."""
+    scorer = Scorer.load(session, settings)
+    total = written + len(lead_ids)
+    if progress:
+        progress(written, total)
+    for start in range(0, len(lead_ids), CHUNK):
+        rescore(session, settings, lead_ids[start:start + CHUNK], now, scorer=scorer)
+        if progress:
+            progress(written + min(start + CHUNK, len(lead_ids)), total)
