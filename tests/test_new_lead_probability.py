@@ -51,6 +51,9 @@ def test_every_lead_of_a_cli_import_has_the_new_stage_probability_and_why(cast):
     assert len({lead.probability for lead in leads.values()}) == 1 and leads[emails[0]].probability > 0
     percent = round(leads[emails[0]].probability * 100)
     assert why_text(n, emails[-1]).startswith(f"{emails[-1]}: {percent}%: stage new ")
+    n.advance(hours=1)
+    assert "created: 0  updated: 1201" in n.cli("leads", "import", str(path), check=True).stdout
+    assert {lead.email: lead.probability_at for lead in n.all(select(Lead))} == {e: leads[e].probability_at for e in emails}
 
 
 def test_a_lead_uploaded_in_the_admin_shows_its_probability_and_why_on_its_page(cast, web):
