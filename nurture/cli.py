@@ -188,7 +188,8 @@ def leads_import(file, mappings, encoding, tags, rejects, now) -> None:
     with open_session(settings) as session, _progress() as progress:
         task = progress.add_task("importing", total=None)
         report = import_leads(session, data, settings.clock.now(), settings.default_language, mapping, encoding,
-                              progress=lambda done, total: progress.update(task, completed=done, total=total), extra_tags=list(tags))
+                              progress=lambda done, total: progress.update(task, completed=done, total=total), extra_tags=list(tags),
+                              settings=settings)
     click.echo(f"rows: {report.rows}  created: {report.created}  updated: {report.updated}  "
                f"merged duplicates: {report.merged}  rejected: {len(report.rejected)}")
     show_rejects(report.rejected, rejects)

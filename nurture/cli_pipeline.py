@@ -125,7 +125,8 @@ def history_import(file, mappings, stage_mappings, encoding, rejects, now) -> No
     with open_session(settings) as session, _progress() as progress:
         task = progress.add_task("importing history", total=None)
         report = import_history(session, data, settings.clock.now(), mapping, stage_map, encoding,
-                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+                                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                settings=settings)
     click.echo(f"shape: one row per {'change' if report.shape == 'changes' else 'opportunity'}  rows: {report.rows}  "
                f"changes: {report.changes}  leads created: {report.leads_created}  leads updated: {report.leads_updated}  "
                f"already imported: {report.duplicates}  skipped (no dates): {report.skipped}  rejected: {len(report.rejected)}")

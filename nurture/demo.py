@@ -103,7 +103,7 @@ def _prepare(settings: Settings, admin_password: str) -> None:
                          receives_leads=False, created_at=now))
         session.commit()
         sample = PROJECT_ROOT / "campaigns" / "sample-leads.csv"
-        imported = import_leads(session, sample.read_bytes(), now, settings.default_language)
+        imported = import_leads(session, sample.read_bytes(), now, settings.default_language, settings=settings)
         console.print(f"imported {sample.name}: created {imported.created}, merged duplicates {imported.merged}, "
                       f"rejected {len(imported.rejected)}")
         for reject in imported.rejected:

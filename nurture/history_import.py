@@ -240,11 +240,8 @@ def _opportunity_row(values: dict[str, str], names: _StageNames, now: datetime) 
 def import_history(session: Session, data: bytes, now: datetime, mapping: dict[str, str] | None = None,
                    stage_map: dict[str, str] | None = None, encoding: str = "utf-8",
                    progress: Callable[[int, int], None] | None = None,
-                   config: PipelineConfig | None = None, settings: Settings | None = None) -> HistoryReport:
-    """Check every row, then write all changes in one transaction; see the module docstring.
-
-    ``settings`` (scoring's half-life) default to the environment's, as the CLI reads them.
-    """
+                   config: PipelineConfig | None = None, *, settings: Settings) -> HistoryReport:
+    """Check every row, then write all changes in one transaction; see the module docstring."""
     config = config or stored_pipeline(session)
     header, rows = read_rows(decode(data, encoding))
     columns = map_columns(header, mapping, SYNONYMS)
@@ -281,7 +278,7 @@ def import_history(session: Session, data: bytes, now: datetime, mapping: dict[s
         history.changes += changes
     if histories:
         moved = _write(session, config, list(histories.values()), now, report, progress)
-        _score(session, settings or Settings.from_env(), moved, now, len(histories), progress)
+        _score(session, settings, moved, now, len(histories), progress)
         session.commit()
     return report
 

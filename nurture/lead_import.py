@@ -225,11 +225,8 @@ def _merge(into: dict, new: dict) -> None:
 def import_leads(session: Session, data: bytes, now: datetime, default_language: str = "en",
                  mapping: dict[str, str] | None = None, encoding: str = "utf-8",
                  progress: Callable[[int, int], None] | None = None, extra_tags: list[str] | None = None,
-                 settings: Settings | None = None) -> ImportReport:
-    """Check every row, then write the leads and score the new ones in one transaction; see the module docstring.
-
-    ``settings`` (scoring's half-life) default to the environment's, as the CLI reads them.
-    """
+                 *, settings: Settings) -> ImportReport:
+    """Check every row, then write the leads and score the new ones in one transaction; see the module docstring."""
     header, rows = read_rows(decode(data, encoding))
     columns = map_headers(header, mapping)
     owners = dict(session.exec(select(User.email, User.id)).all())
@@ -248,7 +245,6 @@ def import_leads(session: Session, data: bytes, now: datetime, default_language:
             valid[values["email"]] = values
     if not valid:
         return report
-    settings = settings or Settings.from_env()
     scorer = Scorer.load(session, settings)
     # loading the stage probabilities may fold new stage changes into the summaries, holding the
     # refresh lock to the end of the transaction: commit that now, not after the whole import

@@ -377,7 +377,7 @@ class Nurture:
     def import_csv(self, text: str | bytes, **kwargs):
         data = text.encode("utf-8") if isinstance(text, str) else text
         with self.session() as s:
-            return import_leads(s, data, self.now, self.settings.default_language, **kwargs)
+            return import_leads(s, data, self.now, self.settings.default_language, settings=self.settings, **kwargs)
 
     def load_campaigns(self, campaigns_dir: Path = CAMPAIGNS_DIR, templates_dir: Path = TEMPLATES_DIR):
         with self.session() as s:

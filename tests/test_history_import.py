@@ -29,7 +29,7 @@ petr@example.org;lost;2026-02-01;;Цена;дорого
 def history(n, text: str | bytes, **kwargs):
     data = text.encode("utf-8") if isinstance(text, str) else text
     with n.session() as s:
-        return import_history(s, data, n.now, **kwargs)
+        return import_history(s, data, n.now, settings=n.settings, **kwargs)
 
 
 def counts(n) -> tuple[int, int]:

@@ -151,11 +151,13 @@ def test_a_scoring_failure_never_loses_the_reply_it_follows(nurture, event_strea
     def broken(*args, **kwargs):
         raise RuntimeError("model weights unreadable")
 
+    scored_at_import = n.lead("olga@example.com").probability_at
     monkeypatch.setattr("nurture.warmup.rescore", broken)
     n.advance(hours=2)
     result = reply(n, first, "olga@example.com")
     assert result.kind == "reply"
     olga = n.lead("olga@example.com")
-    assert olga.status == "replied" and olga.stage == "engaged" and olga.probability_at is None
+    assert scored_at_import is not None  # the failed rescore stored nothing over the import's score
+    assert olga.status == "replied" and olga.stage == "engaged" and olga.probability_at == scored_at_import
     assert n.count(Event, Event.kind == "reply", Event.lead_id == olga.id) == 1
     assert "recomputing the probability of lead(s)" in caplog.text and "model weights unreadable" in caplog.text
