@@ -150,6 +150,13 @@ def database_url(_database_template, tmp_path):
 
 
 @pytest.fixture
+def session(database_url):
+    """A session on the test's own database, for tests that write and read rows directly."""
+    with Session(db.engine_for(database_url), expire_on_commit=False) as s:
+        yield s
+
+
+@pytest.fixture
 def is_postgresql():
     return BACKEND == "postgresql"
 

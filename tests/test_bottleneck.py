@@ -5,21 +5,13 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from sqlmodel import Session
 
-from nurture import db
 from nurture.analytics.bottleneck import DAYS_PER_MONTH, assess, bottleneck, exits
 from nurture.analytics.chain import load_chain
 from nurture.models import Plan
 from pipeline_history import add_lead
 
 NOW = datetime(2026, 3, 30, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def session(database_url):
-    with Session(db.engine_for(database_url), expire_on_commit=False) as s:
-        yield s
 
 
 def test_hand_computed_shortfall_and_cost(session):

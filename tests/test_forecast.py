@@ -9,9 +9,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 from scipy import stats
-from sqlmodel import Session
 
-from nurture import db
 from nurture.analytics.chain import load_chain
 from nurture.analytics.forecast import (
     UNDATED, deal_distribution, forecast, forecast_rows, pmf_percentiles, revenue_percentiles,
@@ -74,12 +72,6 @@ def test_simulated_outcomes_fall_inside_the_10_90_interval_about_80_percent_of_t
         inside_revenue += total.revenue_p10 <= v @ won <= total.revenue_p90
     assert 0.75 <= inside_deals / 1000 <= 0.9
     assert 0.75 <= inside_revenue / 1000 <= 0.85
-
-
-@pytest.fixture
-def session(database_url):
-    with Session(db.engine_for(database_url), expire_on_commit=False) as s:
-        yield s
 
 
 def test_open_leads_grouped_by_expected_close_month(session):

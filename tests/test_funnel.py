@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlmodel import Session
 
-from nurture import db
 from nurture.analytics.chain import AnalyticsError, load_chain
 from nurture.analytics.funnel import funnel, time_in_stage
 from nurture.models import Enrollment, Sequence, User
@@ -18,12 +17,6 @@ MON = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday
 
 def day(n: float) -> datetime:
     return MON + timedelta(days=n)
-
-
-@pytest.fixture
-def session(database_url):
-    with Session(db.engine_for(database_url), expire_on_commit=False) as s:
-        yield s
 
 
 def five_leads(s: Session) -> None:

@@ -42,12 +42,6 @@ def day(n: float) -> datetime:
     return START + timedelta(days=n)
 
 
-@pytest.fixture
-def session(database_url):
-    with Session(db.engine_for(database_url), expire_on_commit=False) as s:
-        yield s
-
-
 # --- reading the summaries and what they should be ------------------------------------------------
 
 def summaries(s: Session) -> dict[str, list[tuple]]:

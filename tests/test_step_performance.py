@@ -10,7 +10,6 @@ from scipy.stats import norm
 from sqlmodel import Session, select
 
 from conftest import START, send_due
-from nurture import db
 from nurture.analytics.ab_winners import promote_winners, promoted_variants, variant_for
 from nurture.analytics.chain import AnalyticsError
 from nurture.analytics.step_performance import Verdict, step_performance, verdict
@@ -62,12 +61,6 @@ def test_variant_for_uses_a_promoted_winner_only_when_it_exists():
     assert variant_for({7: 1}, 7, 2, 0) == 1
     assert variant_for({7: 3}, 7, 2, 0) == 0  # the language has fewer subjects
     assert variant_for({7: 1}, 8, 2, 0) == 0
-
-
-@pytest.fixture
-def session(database_url):
-    with Session(db.engine_for(database_url), expire_on_commit=False) as s:
-        yield s
 
 
 def add_messages(s: Session) -> Step:
