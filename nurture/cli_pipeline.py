@@ -75,6 +75,7 @@ def pipeline_stats(as_json) -> None:
 def leads_stage(email, stage, lost_reason, note, by_email, value, now) -> None:
     """Move a lead to STAGE by hand (stage rules never move it back past it)."""
     from .models import Lead, User
+    from .probability import rescore
     from .stages import move_stage
 
     settings = settings_for(now)
@@ -91,6 +92,8 @@ def leads_stage(email, stage, lost_reason, note, by_email, value, now) -> None:
         try:
             change = move_stage(session, lead, stage, source="manual", now=settings.clock.now(), note=note,
                                 by_user_id=by_user_id, lost_reason=lost_reason, deal_value=value)
+            if change:
+                rescore(session, settings, [lead.id], change.changed_at)  # the new stage's probability, at once
         except ValueError as exc:
             raise NurtureError(str(exc)) from None
         session.commit()

@@ -39,6 +39,7 @@ from .config import Settings
 from .models import Event, Lead, Notification, StageChange, User
 from .notifications import enqueue_after_commit, lead_summary
 from .pipeline import stored_pipeline
+from .probability import rescore
 from .rep_mail import mail_language
 from .stages import cool_stale_leads
 
@@ -93,7 +94,9 @@ def run_weekly_review(session: Session, settings: Settings, now: datetime, *, dr
     week, week_start = week_of(now)
     report = ReviewReport(week=week, now=now, dry_run=dry_run)
     transaction_lock(session, "weekly-review")  # two schedulers at once: the second sees the first's records
-    report.cooled = [asdict(outcome) for outcome in cool_stale_leads(session, settings, now)]
+    cooled = cool_stale_leads(session, settings, now)
+    rescore(session, settings, [outcome.lead_id for outcome in cooled if outcome.moved], now)  # cold's probability now
+    report.cooled = [asdict(outcome) for outcome in cooled]
     report.stuck = stuck_leads(session, settings, now)
     report.flagged = flag_stuck(session, report.stuck, now)
     since = now - timedelta(days=7)

@@ -1,4 +1,5 @@
-"""A lead has its close probability, with the why, from the moment it exists: CSV import, admin upload, CRM history."""
+"""A lead has its close probability, with the why, from the moment it exists (CSV import, admin upload, CRM
+history), and it follows the lead's stage when a rep moves it (CLI, admin)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,23 @@ def test_a_reimport_keeps_the_probability_that_engagement_earned(cast):
         assert after.company and (after.probability, after.probability_why, after.probability_at) == (
             before.probability, before.probability_why, before.probability_at)
     assert any(item["factor"] == "reply" for item in n.lead("olga@example.com").probability_why)
+
+
+def test_a_stage_moved_by_hand_gives_the_new_stages_probability_at_once(cast, web):
+    n = cast
+    path = n.tmp_path / "leads.csv"
+    path.write_text("email;first_name\nolga@example.com;Ольга\npetr@example.org;Пётр\n", encoding="utf-8")
+    n.cli("leads", "import", str(path), check=True)
+    new_probability = n.lead("olga@example.com").probability
+    n.advance(hours=1)
+    n.cli("leads", "stage", "olga@example.com", "proposal", check=True)
+    olga = assert_scored_as_computed(n, ["olga@example.com"])["olga@example.com"]
+    assert olga.stage == "proposal" and olga.probability > new_probability
+    n.advance(hours=1)
+    client = logged_in(n, web, "marketer@example.com")
+    petr = n.lead("petr@example.org")
+    page = client.get(f"/admin/leads/{petr.id}").get_data(as_text=True)
+    response = client.post(f"/admin/leads/{petr.id}/stage", data={"csrf_token": csrf_token(page), "stage": "qualified"})
+    assert response.status_code == 302
+    petr = assert_scored_as_computed(n, ["petr@example.org"])["petr@example.org"]
+    assert petr.stage == "qualified" and new_probability < petr.probability < olga.probability

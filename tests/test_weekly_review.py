@@ -63,6 +63,7 @@ def test_stale_leads_cool_with_a_return_date_and_each_rep_gets_one_digest_per_we
     for email in cooled:
         lead = n.lead(email)
         assert lead.stage == "cold"
+        assert lead.probability_at == REVIEW_AT and lead.probability_why[0]["stage"] == "cold"  # rescored as it cooled
         assert REVIEW_AT + timedelta(days=85) <= lead.returns_at <= REVIEW_AT + timedelta(days=185), "3..6 months"
     assert [(s.email, s.stage, s.limit_from) for s in report.stuck] == [("olga@example.com", "contacted", "NURTURE_STUCK_DAYS")]
     n.work()

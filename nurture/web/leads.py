@@ -18,6 +18,7 @@ from ..lead_view import lead_document
 from ..models import LEAD_STATUSES, Enrollment, LeadTag, Note, Sequence, User
 from ..notifications import why_lines
 from ..pipeline import stored_pipeline
+from ..probability import rescore
 from ..stages import move_stage
 from ..suppression import exit_enrollments, suppress
 from .access import EDITORS, db_session, lead_for_user, lead_scope, roles_required, settings
@@ -131,6 +132,8 @@ def change_stage(lead_id: int):
         change = move_stage(session, lead, request.form.get("stage", ""), source="manual", now=settings().clock.now(),
                             note=request.form.get("note", "").strip(), by_user_id=current_user.id,
                             lost_reason=request.form.get("lost_reason", ""), deal_value=deal_value)
+        if change:
+            rescore(session, settings(), [lead.id], change.changed_at)  # the new stage's probability, at once
     except ValueError as exc:
         session.rollback()
         message = str(exc) if "could not convert" not in str(exc) else f"deal value {value!r} is not a number"
