@@ -77,10 +77,10 @@ def blend(manual: float, learned: float | None, observations: int, prior_weight:
 
 
 def stage_probabilities(session: Session, config: PipelineConfig | None = None,
-                        wait_for_refresh: bool = True) -> dict[str, StageProbability]:
+                        wait: bool = True) -> dict[str, StageProbability]:
     """Manual, learned and blended P(won | stage) for every stage of the pipeline, with counts.
 
-    ``wait_for_refresh=False``: when another transaction is refreshing the counts, use them as they are.
+    ``wait=False``: when the counts cannot be brought up to date at once (``journeys.refresh``), use them as they are.
     """
     config = config or stored_pipeline(session)
     keys = config.keys
@@ -88,7 +88,7 @@ def stage_probabilities(session: Session, config: PipelineConfig | None = None,
     counts = np.zeros((len(keys), len(keys)))
     entered = np.zeros(len(keys), dtype=int)
     won = np.zeros(len(keys), dtype=int)
-    for previous, origin, to, lead_won, count in transition_counts(session, config, wait_for_refresh):
+    for previous, origin, to, lead_won, count in transition_counts(session, config, wait):
         source = previous if previous is not None else origin
         if previous is None and origin in index:  # the lead's first recorded stage was entered before the history
             entered[index[origin]] += count

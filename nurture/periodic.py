@@ -96,7 +96,7 @@ class Periodic:
         from .analytics.journeys import refresh
 
         try:
-            refresh(session, wait_seconds=0, wait_for_refresh=False)
+            refresh(session, wait=False)
             session.commit()
         except Exception as exc:  # retried next tick; reports fold what is left themselves
             session.rollback()

@@ -148,7 +148,7 @@ def _learned(session: Session, config) -> dict[str, float]:
                   and 0 <= changes - cached_changes < changes * LEARNED_REUSE_GROWTH)
         if cached_config is config and (unchanged or barely):
             return probabilities
-    learned = stage_probabilities(session, config, wait_for_refresh=False)  # it holds lead rows: see journeys.refresh
+    learned = stage_probabilities(session, config, wait=False)  # it holds lead rows: see journeys.refresh
     probabilities = {stage: found.blended for stage, found in learned.items()}
     _learned_cache.clear()
     _learned_cache[key] = (config, time.monotonic(), changes, last_id, probabilities)

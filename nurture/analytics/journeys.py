@@ -24,7 +24,8 @@ Out-of-order commits: on PostgreSQL a change can become visible after one with a
 larger id (two transactions committing out of order). A refresh therefore moves
 the mark only while no other transaction is inserting stage changes: it waits a
 quarter of a second for them, and otherwise leaves the tables as they are for
-this report (they lag by what the last scheduler tick did not fold). One refresh
+this report (they lag by what the last scheduler tick did not fold). With nothing
+visible above the mark it returns at once, whatever is in flight. One refresh
 runs at a time: a transaction-level advisory lock, which a refresh waits for, so
 it then sees what the one before it committed. SQLite has one writer at a time
 (nurture begins every transaction IMMEDIATE), so its mark is exact there.
@@ -64,48 +65,55 @@ def fingerprint(config: PipelineConfig) -> str:
     return json.dumps({"path": list(config.chain), "won": sorted(s.key for s in config.stages if s.won)})
 
 
-def refresh(session: Session, config: PipelineConfig | None = None, wait_seconds: float | None = None,
-            wait_for_refresh: bool = True) -> bool:
+def refresh(session: Session, config: PipelineConfig | None = None, wait: bool = True) -> bool:
     """Fold the stage changes recorded since the last refresh into the summaries (in the session's transaction).
 
     Returns False when they were left as they are: other transactions kept inserting
-    stage changes for ``wait_seconds`` (default ``WRITERS_WAIT_SECONDS``; the
-    scheduler, which comes back next tick, waits for none), or, with
-    ``wait_for_refresh=False``, another refresh was running. Work that holds lead
-    rows (the event drainer) does not wait for a refresh: that refresh might be
-    waiting for those rows.
+    stage changes for ``WRITERS_WAIT_SECONDS``, or, with ``wait=False``, another
+    refresh was running or any transaction was inserting. Work that holds lead rows
+    (the event drainer) and the scheduler's tick, which comes back soon, do not wait:
+    a refresh they waited for might itself be waiting for their rows.
     """
     config = config or stored_pipeline(session)
     tune_for_reports(session)
     postgresql = is_postgresql(session)
-    if postgresql:  # waiting for a refresh running in another transaction to end, then seeing what it did
-        if not wait_for_refresh:
-            if not session.execute(sa.select(sa.func.pg_try_advisory_xact_lock(ADVISORY_LOCK))).scalar_one():
-                return False
-        else:
-            session.execute(sa.select(sa.func.pg_advisory_xact_lock(ADVISORY_LOCK)))
-    deadline = time.monotonic() + (WRITERS_WAIT_SECONDS if wait_seconds is None else wait_seconds)
-    while True:
-        top = session.execute(sa.select(sa.func.max(StageChange.id))).scalar_one() or 0
-        if not postgresql or not _others_inserting(session):  # checked after reading the top: see the docstring
-            break
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    if postgresql and not _lock(session, wait):
+        return False
     state = session.get(JourneyState, STATE_KEY, populate_existing=True)  # not a copy from earlier in the session
     wanted = fingerprint(config)
+    top = _top(session)
+    if state is not None and state.fingerprint == wanted and top <= state.through_id:
+        return True  # every id up to the mark was committed when the mark was set: nothing can be missing
+    if postgresql:
+        deadline = time.monotonic() + (WRITERS_WAIT_SECONDS if wait else 0.0)
+        while _others_inserting(session):  # checked after reading the top: see the module docstring
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+            top = _top(session)
     if state is None or state.fingerprint != wanted:
         _rebuild(session, config, top)
         state = state or JourneyState(key=STATE_KEY)
         state.fingerprint = wanted
-    elif top > state.through_id:
-        _fold(session, config, state.through_id, top)
     else:
-        return True
+        _fold(session, config, state.through_id, top)
     state.through_id, state.refreshed_at = top, datetime.now(timezone.utc)
     session.add(state)
     session.flush()
     return True
+
+
+def _lock(session: Session, wait: bool) -> bool:
+    """PostgreSQL: the one-refresh-at-a-time lock, to the end of the transaction; waiting for it sees what the
+    refresh before committed."""
+    if wait:
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(ADVISORY_LOCK)))
+        return True
+    return session.execute(sa.select(sa.func.pg_try_advisory_xact_lock(ADVISORY_LOCK))).scalar_one()
+
+
+def _top(session: Session) -> int:
+    return session.execute(sa.select(sa.func.max(StageChange.id))).scalar_one() or 0
 
 
 def _others_inserting(session: Session) -> bool:
@@ -215,8 +223,8 @@ def _write_tally(session: Session, tally: Counter[Transition]) -> None:
 
 
 def transition_counts(session: Session, config: PipelineConfig,
-                      wait_for_refresh: bool = True) -> list[tuple[str | None, str | None, str, bool, int]]:
+                      wait: bool = True) -> list[tuple[str | None, str | None, str, bool, int]]:
     """(previous stage by time, recorded from_stage, to_stage, lead won in the end, count) over the whole history."""
-    refresh(session, config, wait_for_refresh=wait_for_refresh)
+    refresh(session, config, wait)
     tally = _read_tally(session)
     return [(previous or None, origin or None, to, won, n) for (previous, origin, to, won), n in tally.items()]
