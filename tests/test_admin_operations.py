@@ -7,7 +7,9 @@ from datetime import timedelta
 from sqlmodel import select
 
 from admin_support import create_cast, csrf_token, logged_in, login, post_form
+from nurture.analytics.journeys import refresh
 from nurture.models import Enrollment, Notification, Suppression
+from pipeline_history import add_lead
 
 
 def test_suppression_add_search_and_remove(leads, web):
@@ -104,3 +106,22 @@ def test_notification_links_reach_the_lead_page(leads, web):
     olga = leads.lead("olga@example.com")
     response = client.get(f"/leads/{olga.id}", follow_redirects=True)
     assert response.status_code == 200 and "Ольга Иванова" in response.get_data(as_text=True)
+
+
+def test_queue_health_shows_the_stage_changes_waiting_for_the_reports(nurture, web):
+    create_cast(nurture)
+    with nurture.session() as s:
+        add_lead(s, "olga@example.com", [("new", nurture.now - timedelta(days=3)), ("contacted", nurture.now)])
+    client = web()
+    login(client, "admin@example.com")
+
+    def backlog_card() -> str:
+        page = client.get("/admin/queue").get_data(as_text=True)
+        return page[page.index('id="report-backlog"'):page.index("</section>", page.index('id="report-backlog"'))]
+
+    assert "<strong>2</strong>" in backlog_card() and "never" in backlog_card()
+    with nurture.session() as s:
+        refresh(s)
+        s.commit()
+    card = backlog_card()
+    assert "<strong>0</strong>" in card and "never" not in card and "<time" in card

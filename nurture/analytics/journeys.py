@@ -116,6 +116,14 @@ def _top(session: Session) -> int:
     return session.execute(sa.select(sa.func.max(StageChange.id))).scalar_one() or 0
 
 
+def backlog(session: Session) -> tuple[int, datetime | None]:
+    """How many stage changes the summaries have not folded in yet, and when they were last brought up to date."""
+    state = session.get(JourneyState, STATE_KEY, populate_existing=True)
+    mark = state.through_id if state else 0
+    pending = session.execute(sa.select(sa.func.count()).select_from(StageChange).where(StageChange.id > mark)).scalar_one()
+    return pending, state.refreshed_at if state else None
+
+
 def _others_inserting(session: Session) -> bool:
     """PostgreSQL: another transaction holds the lock that inserting into ``stage_change`` takes."""
     return bool(session.execute(sa.text(

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from ..addresses import normalise
+from ..analytics.journeys import backlog
 from ..models import ROLES, SUPPRESSION_REASONS, Suppression, User
 from ..queues import send_queue
 from ..sequences import LANGUAGES
@@ -154,8 +155,9 @@ def queue():
     figures = {"queued": queue.count, "running": StartedJobRegistry(queue=queue).count,
                "failed": failed.count, "scheduled": ScheduledJobRegistry(queue=queue).count,
                "finished (kept 1 h)": FinishedJobRegistry(queue=queue).count, "workers": len(workers)}
+    pending, refreshed_at = backlog(db_session())
     return render_template("admin/queue.html", queue=queue, figures=figures, failures=failures, workers=workers,
-                           caught=bool(settings().catcher_dir))
+                           caught=bool(settings().catcher_dir), report_backlog=pending, reports_refreshed_at=refreshed_at)
 
 
 @blueprint.get("/caught")
